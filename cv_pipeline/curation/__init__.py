@@ -1,0 +1,1 @@
+"""Curation: raw question batches -> cleaned pairs (cleaner) -> chat dataset (dataset, datacard, validate)."""

@@ -1,0 +1,546 @@
+"""The report's cleaning rules (DESIGN.md "Cleaning rules"), made explicit and counted.
+
+HTML to text in one pass that stays inside C as much as possible: lexbor parses the body, one
+`traverse()` over the elements drops unwanted subtrees and inserts tiny marker text nodes
+("\\x00" + a code letter) at block, list, table and line-break boundaries, `text()` concatenates
+everything in C, and a short Python loop over the markers lays out paragraphs, list items and
+table rows. NUL can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;`
+into U+FFFD, and we also strip NUL from the input first), so a marker cannot be forged by input.
+
+Decisions that the rules leave open, documented here and in the tests:
+- `<img>` becomes nothing: its alt text on Stack Exchange is almost always the editor's
+  placeholder "enter image description here", which would be noise in a chat dataset.
+- Blocks (p, div, blockquote, h1-h6, pre, table, hr, ...) are separated by one blank line;
+  blockquotes get no "> " prefix and headings no "#": the rule keeps text, not markup.
+- List items are one line each, "- " (ul) or "N. " (ol, honouring `start`); nested lists are
+  indented two spaces per level; further lines of an item are indented to its level.
+- Table rows are one line each, cells joined by " | ".
+- `<br>` is a line break; two or more in a row make one blank line.
+- Whitespace runs collapse to one space, except inside `<pre>` and inside a `$$...$$` display
+  math span within one text node (kept verbatim: line breaks there are MathJax source).
+- Inline `<code>` keeps its text without backticks.
+- ASCII normalisation (the report's rule 4): NFC first; then typographic quotes/dashes/spaces/
+  ellipsis (both modes); then a small table (see `_ASCII_TABLE`: ß->ss, æ->ae, ø->o, ×->x,
+  ≤-><=, ...); then canonical decomposition with combining marks removed (é->e); then
+  compatibility decomposition except super/subscripts, fractions and circled/squared forms
+  (ﬁ->fi, full-width Ａ->A, but ² stays a symbol because "x2" would change the meaning);
+  anything left becomes an HTML entity: the HTML 4 name where there is one (`&sigma;`,
+  `&sup2;`), else `&#NNN;`. `<`, `>` and `&` stay as they are: the output is text, not HTML.
+- Control characters (other than tab/newline), soft hyphens, zero-width spaces, word joiners
+  and BOMs are removed in both modes; lone surrogates are dropped.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from selectolax.lexbor import LexborHTMLParser
+
+from cv_pipeline.sources.models import RawQuestion, pick_top_answer
+
+# Bump on any change that alters output text or counts: Dagster then marks cleaned pairs stale.
+CLEANER_VERSION = "1"
+
+DropReason = Literal["code_block", "empty", "too_short"]
+
+
+class CleaningConfig(BaseModel):
+    """Options of the cleaning rules; the defaults are the report's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    normalization: Literal["ascii", "unicode"] = Field(
+        "ascii",
+        description=(
+            "'ascii' (the report's rule): every character becomes ASCII where it has an ASCII form "
+            "(é->e, ß->ss, ≤-><=) and an HTML entity otherwise (σ->&sigma;, ²->&sup2;, else &#NNN;). "
+            "'unicode' keeps characters. Typographic quotes, dashes, non-breaking spaces and "
+            "ellipses become ASCII in both modes."
+        ),
+    )
+    include_title: bool = Field(True, description="Start the question text with the title and a blank line.")
+    min_question_chars: int = Field(
+        20, ge=0, description="Drop a pair whose cleaned question body (title excluded) has fewer characters."
+    )
+    min_answer_chars: int = Field(20, ge=0, description="Drop a pair whose cleaned answer has fewer characters.")
+
+
+@dataclass(frozen=True, slots=True)
+class CleanResult:
+    """One cleaned pair, or why it was dropped. `changed_by` counts what each rule changed."""
+
+    title: str
+    question: str | None
+    answer: str | None
+    dropped_reason: DropReason | None
+    changed_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return self.dropped_reason is None
+
+
+# --------------------------------------------------------------------------------------------
+# Character normalisation (rule 4)
+
+_TYPOGRAPHIC: dict[str, str] = {
+    **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u2035\u02bc\u2039\u203a", "'"),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u2036\u00ab\u00bb", '"'),
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\ufe63\uff0d", "-"),
+    **dict.fromkeys("\u2014\u2015", "--"),
+    **dict.fromkeys("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                    "\u202f\u205f\u3000\u2028\u2029\u0085", " "),
+    **dict.fromkeys("\u00ad\u200b\u2060\ufeff", ""),
+    "\u2026": "...",
+}
+
+# Characters whose ASCII spelling is conventional but which no Unicode decomposition gives.
+_ASCII_TABLE: dict[str, str] = {
+    "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
+    "đ": "d", "Đ": "D", "ł": "l", "Ł": "L", "ı": "i", "ħ": "h", "Ħ": "H", "þ": "th", "Þ": "Th",
+    "ð": "d", "Ð": "D", "×": "x", "÷": "/", "−": "-", "±": "+/-", "≤": "<=", "≥": ">=",
+    "≠": "!=", "→": "->", "←": "<-", "⇒": "=>", "⇐": "<=", "⇔": "<=>", "↔": "<->",
+}
+
+# Compatibility decompositions that would change meaning if flattened to ASCII.
+_KEEP_COMPAT = ("<super>", "<sub>", "<fraction>", "<circle>", "<square>")
+
+
+def _ascii_form(ch: str) -> str | None:
+    if ch in _ASCII_TABLE:
+        return _ASCII_TABLE[ch]
+    base = "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c))
+    if base and base.isascii():
+        return base
+    if not unicodedata.decomposition(ch).startswith(_KEEP_COMPAT):
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        if base and base.isascii() and base.isprintable():
+            return base
+    return None
+
+
+def _entity(ch: str) -> str:
+    name = _html.entities.codepoint2name.get(ord(ch))
+    return f"&{name};" if name else f"&#{ord(ch)};"
+
+
+def _is_removed_control(cp: int) -> bool:
+    # C0 (except tab and newline, which whitespace handling deals with) and C1 controls, DEL.
+    return (cp < 0x20 and cp not in (0x09, 0x0A, 0x0D, 0x0C)) or 0x7F <= cp <= 0x9F or 0xD800 <= cp <= 0xDFFF
+
+
+class _CharMap(dict):
+    """Replacement per character, decided once per process and cached."""
+
+    def __init__(self, ascii_mode: bool) -> None:
+        super().__init__()
+        self.ascii_mode = ascii_mode
+
+    def __missing__(self, ch: str) -> str:
+        cp = ord(ch)
+        if ch in _TYPOGRAPHIC:
+            out = _TYPOGRAPHIC[ch]
+        elif _is_removed_control(cp):
+            out = ""
+        elif cp < 0x80 or not self.ascii_mode:
+            out = ch
+        else:
+            form = _ascii_form(ch)
+            out = form if form is not None else _entity(ch)
+        self[ch] = out
+        return out
+
+    def replace(self, match: re.Match[str]) -> str:
+        return self[match.group()]
+
+
+_CHARMAPS = {"ascii": _CharMap(True), "unicode": _CharMap(False)}
+# The characters that may change, per mode. Matching them with a regex and replacing only those
+# keeps the common all-ASCII text on a C fast path (str.translate would visit every character).
+_CONTROLS = "\x01-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff"
+_CHANGING = {
+    "ascii": re.compile("[^\x00\t\n\r\x0c\x20-\x7e]"),
+    "unicode": re.compile("[" + _CONTROLS + re.escape("".join(_TYPOGRAPHIC)) + "]"),
+}
+
+
+def normalize_chars(text: str, normalization: Literal["ascii", "unicode"] = "ascii") -> tuple[str, int]:
+    """Apply rule 4 to plain text; returns the new text and how many characters changed."""
+    changing = _CHANGING[normalization]
+    if changing.search(text) is None:
+        return text, 0
+    if normalization == "ascii" and not text.isascii():
+        text = unicodedata.normalize("NFC", text)  # so that "e" + U+0301 is treated like "é"
+    return changing.subn(_CHARMAPS[normalization].replace, text)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML to text (rules 2 and 3)
+
+# Markers: "\x00" + one code letter (ordered lists add their start number and ";").
+_M = "\x00"
+_BLOCK_TAGS = frozenset(
+    "p div blockquote h1 h2 h3 h4 h5 h6 hr address article aside section header footer nav main "
+    "figure figcaption details summary center fieldset form dl dt dd legend".split()
+)
+_DROP_TAGS = frozenset(
+    "script style template noscript iframe noembed noframes object embed svg title textarea select "
+    "button".split()
+)
+_NOTICE_SELECTOR = "aside.s-notice, .js-post-notice, .post-notice"
+_WS = re.compile(r"[ \t\n\r\f]+")
+_PRE_TAG = re.compile(r"<pre[\s/>]", re.I)
+
+
+@dataclass(slots=True)
+class _Converted:
+    text: str
+    has_pre: bool = False
+    notices_removed: int = 0
+    elements_dropped: int = 0
+    images_dropped: int = 0
+    chars_normalized: int = 0
+
+
+def _parse(html: str) -> LexborHTMLParser:
+    try:
+        return LexborHTMLParser(html)
+    except (UnicodeError, ValueError):
+        # Lone surrogates (e.g. bytes decoded with errors="surrogateescape") cannot be UTF-8.
+        return LexborHTMLParser(html.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+
+
+def _mark(html: str, conv: _Converted) -> str | None:
+    """Parse, remove notices and dropped subtrees, insert markers; return the marked text."""
+    if "\x00" in html:
+        html = html.replace("\x00", "")
+    tree = _parse(html)
+    body = tree.body
+    if body is None:  # e.g. a <frameset> document: nothing a reader would see as text
+        return None
+    if "notice" in html:  # cheap pre-check: CSS matching costs as much as parsing
+        for node in body.css(_NOTICE_SELECTOR):
+            node.decompose()
+            conv.notices_removed += 1
+    drop = []
+    for node in body.traverse():
+        tag = node.tag
+        if tag in _BLOCK_TAGS:
+            node.insert_before("\x00P")
+            node.insert_after("\x00P")
+        elif tag == "li":
+            node.insert_before("\x00I")
+            node.insert_after("\x00i")
+        elif tag == "br":
+            node.insert_after("\x00B")
+        elif tag in ("ul", "ol", "menu", "dir"):
+            start = 1
+            if tag == "ol":
+                value = node.attributes.get("start")
+                if value:
+                    try:
+                        start = max(-(10**9), min(10**9, int(value.strip())))
+                    except ValueError:
+                        start = 1
+                node.insert_before(f"\x00O{start};")
+            else:
+                node.insert_before("\x00U")
+            node.insert_after("\x00E")
+        elif tag in ("td", "th"):
+            node.insert_before("\x00C")
+        elif tag in ("tr", "caption"):
+            node.insert_before("\x00R")
+        elif tag == "table":
+            node.insert_before("\x00T")
+            node.insert_after("\x00t")
+        elif tag in ("pre", "listing", "xmp", "plaintext"):
+            node.insert_before("\x00X")
+            node.insert_after("\x00x")
+        elif tag == "img":
+            conv.images_dropped += 1
+        elif tag in _DROP_TAGS:
+            drop.append(node)
+    for node in drop:
+        node.decompose()
+    conv.elements_dropped = len(drop)
+    return body.text()
+
+
+_PROTECTED = re.compile(r"(\x00X.*?\x00x|\$\$[^$\x00]+\$\$)", re.S)
+
+
+def _squash(s: str) -> str:
+    # str.split() is several times faster than a regex here. It also splits on Unicode spaces
+    # and a few controls, but normalize_chars has already turned all of those into " " or "".
+    inner = " ".join(s.split())
+    if not inner:
+        return " " if s else ""
+    if s[0].isspace():
+        inner = " " + inner
+    if s[-1].isspace():
+        inner += " "
+    return inner
+
+
+def _collapse(marked: str) -> str:
+    """Whitespace runs become one space, except inside <pre> and $$...$$ spans."""
+    if "\x00X" not in marked and "$$" not in marked:
+        return _squash(marked)
+    parts = _PROTECTED.split(marked)
+    return "".join(p if i % 2 else _squash(p) for i, p in enumerate(parts))
+
+
+def _layout(marked: str) -> str:
+    """Lay out the collapsed, marked text: paragraphs, list items, table rows."""
+    out: list[str] = []
+    pending = 0  # newlines owed before the next text (0, 1 or 2)
+    prefix: str | None = None  # a list-item marker owed before the next text
+    lists: list[list] = []  # [ordered, next number] per open list
+    pre = table = cells = 0  # open <pre>s, open tables, cells seen in the current row
+    last_space = False
+
+    def emit(t: str, raw: bool) -> None:
+        nonlocal pending, prefix, last_space
+        owed = pending or prefix is not None or not out
+        if not raw and (owed or last_space):
+            t = t.lstrip(" ")
+        if not t:
+            return
+        if owed:
+            if pending and out:
+                out[-1] = out[-1].rstrip(" \t\n")
+                out.append("\n" * pending)
+            if prefix is not None:
+                out.append(prefix)
+            elif lists and out:
+                out.append("  " * len(lists))  # a further line of a list item
+            pending = 0
+            prefix = None
+        out.append(t)
+        last_space = t[-1] == " "
+
+    pieces = marked.split(_M)
+    if pieces[0]:
+        emit(pieces[0], False)
+    for piece in pieces[1:]:
+        code = piece[:1]
+        t = piece[1:]
+        soft = table and cells  # inside a table cell, breaks become spaces
+        if code == "P":
+            if soft:
+                emit(" ", False)
+            else:
+                pending = max(pending, 1 if lists else 2)
+        elif code == "I":
+            if lists:
+                ordered, n = lists[-1]
+                lists[-1][1] = n + 1
+            else:  # a stray <li> outside any list
+                ordered, n = False, 1
+            pending = max(pending, 1)
+            prefix = "  " * (max(len(lists), 1) - 1) + (f"{n}. " if ordered else "- ")
+        elif code == "i":
+            pending = max(pending, 1)
+            prefix = None
+        elif code == "U" or code == "O":
+            if code == "O":
+                num, _, t = t.partition(";")
+                lists.append([True, int(num)])
+            else:
+                lists.append([False, 1])
+            pending = max(pending, 2 if len(lists) == 1 else 1)
+        elif code == "E":
+            if lists:
+                lists.pop()
+            pending = max(pending, 1 if lists else 2)
+        elif code == "B":
+            if soft:
+                emit(" ", False)
+            else:
+                pending = min(pending + 1, 2)
+        elif code == "C":
+            cells += 1
+            if cells > 1:
+                owed = pending or prefix is not None or not out
+                emit("| " if owed or last_space else " | ", True)
+        elif code == "R":
+            pending = max(pending, 1)
+            cells = 0
+        elif code == "T" or code == "t":
+            if code == "T":
+                table += 1
+            else:
+                table = max(table - 1, 0)
+            cells = 0
+            pending = max(pending, 1 if lists else 2)
+        elif code == "X" or code == "x":
+            pre = pre + 1 if code == "X" else max(pre - 1, 0)
+            pending = max(pending, 1 if lists else 2)
+        if t:
+            emit(t, pre > 0)
+    return "".join(out).strip()
+
+
+def _convert(html: str, config: CleaningConfig) -> _Converted:
+    conv = _Converted("")
+    if not html:
+        return conv
+    if not isinstance(html, str):
+        html = html.decode("utf-8", "replace") if isinstance(html, (bytes, bytearray)) else str(html)
+    marked = _mark(html, conv)
+    if not marked:
+        return conv
+    conv.has_pre = "\x00X" in marked
+    marked, conv.chars_normalized = normalize_chars(marked, config.normalization)
+    conv.text = _layout(_collapse(marked))
+    return conv
+
+
+_DEFAULT = CleaningConfig()
+
+
+def html_to_text(html: str, config: CleaningConfig | None = None) -> str:
+    """Rules 2-4 on one post body: notices removed, markup stripped, structure kept, characters normalised.
+
+    Never raises on any `str` (lone surrogates, unclosed or deeply nested tags, huge entities)
+    and runs in time linear in the input.
+    """
+    return _convert(html, config or _DEFAULT).text
+
+
+def clean_title(title: str, config: CleaningConfig | None = None) -> str:
+    """A plain-text title (entities already decoded by the source) normalised like a body."""
+    config = config or _DEFAULT
+    if not title:
+        return ""
+    if not title.isascii():
+        title = title.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\ufffd", "")
+    text, _ = normalize_chars(title, config.normalization)
+    return _WS.sub(" ", text).strip()
+
+
+def has_code_block(html: str) -> bool:
+    """Rule 1: does the body contain a `<pre>` code block? (Inline `<code>` does not count.)"""
+    if not html or not _PRE_TAG.search(html):  # most bodies: one regex scan, no parse
+        return False
+    return _convert(html, _DEFAULT).has_pre
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs and batches (rules 1 and 5)
+
+
+def clean_pair(
+    question_title: str, question_html: str, answer_html: str, config: CleaningConfig | None = None
+) -> CleanResult:
+    """All rules on one question/answer pair: the texts, or the reason the pair is dropped."""
+    config = config or _DEFAULT
+    title = clean_title(question_title, config)
+    q = _convert(question_html, config)
+    if q.has_pre:
+        return CleanResult(title, None, None, "code_block", {})
+    a = _convert(answer_html, config)
+    if a.has_pre:
+        return CleanResult(title, None, None, "code_block", {})
+    changed = {
+        "notices_removed": q.notices_removed + a.notices_removed,
+        "chars_normalized": q.chars_normalized + a.chars_normalized,
+        "elements_dropped": q.elements_dropped + a.elements_dropped,
+        "images_dropped": q.images_dropped + a.images_dropped,
+    }
+    if not q.text or not a.text:
+        return CleanResult(title, None, None, "empty", changed)
+    if len(q.text) < config.min_question_chars or len(a.text) < config.min_answer_chars:
+        return CleanResult(title, None, None, "too_short", changed)
+    question = f"{title}\n\n{q.text}" if config.include_title and title else q.text
+    return CleanResult(title, question, a.text, None, changed)
+
+
+# CC BY-SA version by creation date (UTC), per Stack Exchange's licensing history.
+_CC_3_FROM = int(datetime(2011, 4, 8, tzinfo=timezone.utc).timestamp())
+_CC_4_FROM = int(datetime(2018, 5, 2, tzinfo=timezone.utc).timestamp())
+
+
+def infer_license(content_license: str | None, creation_date: int | None) -> str:
+    """The post's own licence, else the one in force on its creation date, else "unknown"."""
+    if content_license and content_license.strip():
+        return content_license.strip()
+    if creation_date is None:
+        return "unknown"
+    if creation_date < _CC_3_FROM:
+        return "CC BY-SA 2.5"
+    if creation_date < _CC_4_FROM:
+        return "CC BY-SA 3.0"
+    return "CC BY-SA 4.0"
+
+
+COUNT_KEYS = (
+    "input", "no_answer", "dropped_duplicate", "dropped_code_block", "dropped_empty", "dropped_too_short",
+    "dropped_duplicate_text", "kept", "notices_removed", "chars_normalized", "pairs_normalized",
+    "elements_dropped", "images_dropped",
+)
+
+
+def clean_batch(
+    raw_questions: Iterable[RawQuestion], config: CleaningConfig | None = None
+) -> tuple[list[dict], dict[str, int]]:
+    """Clean a batch; return the kept rows and how many pairs each rule dropped or changed.
+
+    input = no_answer + dropped_duplicate + dropped_code_block + dropped_empty + dropped_too_short
+    + dropped_duplicate_text + kept. The "changed" counters (notices_removed, chars_normalized,
+    pairs_normalized, elements_dropped, images_dropped) cover kept pairs only.
+    """
+    config = config or _DEFAULT
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    rows: list[dict] = []
+    seen_ids: set[int] = set()
+    seen_texts: set[str] = set()
+    for q in raw_questions:
+        counts["input"] += 1
+        if q.question_id in seen_ids:
+            counts["dropped_duplicate"] += 1
+            continue
+        seen_ids.add(q.question_id)
+        answer = q.top_answer or pick_top_answer(q.answers)
+        if answer is None:
+            counts["no_answer"] += 1
+            continue
+        res = clean_pair(q.title, q.body_html, answer.body_html, config)
+        if res.dropped_reason is not None:
+            counts[f"dropped_{res.dropped_reason}"] += 1
+            continue
+        assert res.question is not None and res.answer is not None
+        if res.question in seen_texts:  # the same question posted twice under two ids
+            counts["dropped_duplicate_text"] += 1
+            continue
+        seen_texts.add(res.question)
+        counts["kept"] += 1
+        for key, n in res.changed_by.items():
+            counts[key] += n
+        counts["pairs_normalized"] += res.changed_by["chars_normalized"] > 0
+        rows.append(
+            {
+                "question_id": q.question_id,
+                "answer_id": answer.answer_id,
+                "accepted_answer_id": q.accepted_answer_id,
+                "rank": q.rank,
+                "question_score": q.score,
+                "answer_score": answer.score,
+                "tags": list(q.tags),
+                "title": res.title,
+                "question": res.question,
+                "answer": res.answer,
+                "link": q.link,
+                "license": infer_license(q.content_license, q.creation_date),
+                "answer_license": infer_license(answer.content_license, answer.creation_date),
+                "creation_date": q.creation_date,
+            }
+        )
+    return rows, counts

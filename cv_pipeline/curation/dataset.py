@@ -1,0 +1,165 @@
+"""Build the chat dataset from cleaned pairs (Dagster-free).
+
+The split of a pair depends only on a hash of its question id, so a re-run, or a new partition,
+never moves a pair between train, validation and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cv_pipeline.atomic import atomic_dir
+
+SPLITS = ("train", "validation", "test")
+#: The columns a cleaned-pairs Parquet file must have.
+REQUIRED_COLUMNS = ("question_id", "answer_id", "question", "answer", "question_score", "link", "license")
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    validation: float = 0.05
+    test: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.validation < 1 and 0 <= self.test < 1 and self.validation + self.test < 1):
+            raise ValueError(f"split fractions must be in [0, 1) and leave room for train: {self}")
+
+
+def split_of(question_id: int, fractions: SplitFractions = SplitFractions()) -> str:
+    """Stable split from a hash of the id (not Python's salted ``hash``)."""
+    digest = hashlib.sha256(f"cv-split:{question_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions.test:
+        return "test"
+    if u < fractions.test + fractions.validation:
+        return "validation"
+    return "train"
+
+
+def to_messages(question: str, answer: str) -> list[dict[str, str]]:
+    """The conversational format TRL's SFTTrainer and Unsloth take."""
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def read_cleaned(paths: Iterable[Path]) -> list[dict]:
+    """Read cleaned-pairs Parquet files, checking each has the columns the dataset needs."""
+    rows: list[dict] = []
+    for path in paths:
+        table = pq.read_table(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{path} is not a cleaned-pairs file (missing columns {missing}): re-materialise cleaned_qa_pairs"
+            )
+        rows.extend(table.to_pylist())
+    return rows
+
+
+@dataclass
+class ChatDataset:
+    splits: dict[str, list[dict]]
+    top: list[dict]
+    duplicates_dropped: int
+    data_version: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def build_chat_dataset(
+    cleaned_rows: Sequence[dict], top_n: int = 10_000, fractions: SplitFractions = SplitFractions()
+) -> ChatDataset:
+    """Merge, de-duplicate by question id (highest score wins), split, and pick the top-N of train."""
+    best: dict[int, dict] = {}
+    for row in cleaned_rows:
+        qid = int(row["question_id"])
+        kept = best.get(qid)
+        if kept is None or (row["question_score"], -row.get("rank", 0)) > (kept["question_score"], -kept.get("rank", 0)):
+            best[qid] = row
+    duplicates = len(cleaned_rows) - len(best)
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for qid in sorted(best):
+        row = best[qid]
+        record = {
+            "question_id": qid,
+            "answer_id": int(row["answer_id"]),
+            "question_score": int(row["question_score"]),
+            "answer_score": int(row.get("answer_score") or 0),
+            "tags": list(row.get("tags") or []),
+            "link": row["link"],
+            "license": row["license"],
+            "messages": to_messages(row["question"], row["answer"]),
+        }
+        splits[split_of(qid, fractions)].append(record)
+    top = sorted(splits["train"], key=lambda r: (-r["question_score"], r["question_id"]))[:top_n]
+    version = content_hash(splits, top)
+    counts = {s: len(v) for s, v in splits.items()} | {"top_10k": len(top), "duplicates_dropped": duplicates}
+    return ChatDataset(splits=splits, top=top, duplicates_dropped=duplicates, data_version=version, counts=counts)
+
+
+def content_hash(splits: dict[str, list[dict]], top: list[dict]) -> str:
+    """A data version that changes exactly when the training data changes."""
+    h = hashlib.sha256()
+    for name, rows in [*sorted(splits.items()), ("top_10k", top)]:
+        h.update(name.encode())
+        for row in rows:
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -> Path:
+    """Write a Hugging Face DatasetDict (Arrow), one JSONL per split and the data card, as one folder, atomically."""
+    import datasets  # heavy import: only when saving
+
+    from cv_pipeline.curation.datacard import write_datacard
+
+    with atomic_dir(out_dir) as tmp:
+        parts = {**ds.splits, "top_10k": ds.top}
+        dd = datasets.DatasetDict({name: _to_hf(rows) for name, rows in parts.items()})
+        dd.save_to_disk(str(tmp / "hf"))
+        for name, rows in parts.items():
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        (tmp / "data_version.txt").write_text(ds.data_version + "\n")
+        write_datacard(ds, tmp, source)
+    return out_dir
+
+
+_FEATURES_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("answer_id", pa.int64()),
+        ("question_score", pa.int64()),
+        ("answer_score", pa.int64()),
+        ("tags", pa.list_(pa.string())),
+        ("link", pa.string()),
+        ("license", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ]
+)
+
+
+def _to_hf(rows: list[dict]):
+    import datasets
+
+    # An explicit schema keeps empty splits (possible in tiny demos) loadable with the same features.
+    return datasets.Dataset(pa.Table.from_pylist(rows, schema=_FEATURES_SCHEMA))
+
+
+def load_split(dataset_dir: Path, split: str):
+    """Load one split (``train``, ``validation``, ``test`` or ``top_10k``) as a ``datasets.Dataset``."""
+    import datasets
+
+    hf = Path(dataset_dir) / "hf"
+    if not hf.is_dir():
+        raise FileNotFoundError(f"no chat dataset at {dataset_dir}: materialise chat_dataset first")
+    dd = datasets.load_from_disk(str(hf))
+    if split not in dd:
+        raise KeyError(f"chat dataset at {dataset_dir} has no split {split!r}; it has {sorted(dd)}")
+    return dd[split]

@@ -1,0 +1,101 @@
+import dagster as dg
+from pydantic import Field
+
+from cv_pipeline.atomic import atomic_path
+from cv_pipeline.curation import cleaner
+from cv_pipeline.curation.dataset import build_chat_dataset, read_cleaned, save_chat_dataset
+from cv_pipeline.defs.collection.assets import raw_question_batches
+from cv_pipeline.defs.collection.partitions import question_ranges
+from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM
+from cv_pipeline.defs.metadata import file_hash, image, md_table
+from cv_pipeline.defs.operations.k8s import CPU_STEP
+from cv_pipeline.defs.resources import DataDirResource
+
+
+class CleaningSettings(dg.Config):
+    normalization: str = Field("ascii", description="'ascii' (the report's: ASCII or an HTML entity) or 'unicode'.")
+    include_title: bool = Field(True, description="Start the question text with its title.")
+    min_question_chars: int = Field(20, description="Drop pairs whose question text is shorter.")
+    min_answer_chars: int = Field(20, description="Drop pairs whose answer text is shorter.")
+
+    def to_cleaning_config(self) -> cleaner.CleaningConfig:
+        return cleaner.CleaningConfig(**self.model_dump())
+
+
+@dg.asset(
+    partitions_def=question_ranges,
+    deps=[raw_question_batches],
+    code_version=cleaner.CLEANER_VERSION,
+    automation_condition=FOLLOW_UPSTREAM,
+    op_tags=CPU_STEP,
+    group_name="curation",
+    kinds={"python", "parquet"},
+    description="Plain-text question/answer pairs after the report's cleaning rules, with per-rule counts.",
+)
+def cleaned_qa_pairs(
+    context: dg.AssetExecutionContext, config: CleaningSettings, data_dir: DataDirResource
+) -> dg.MaterializeResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cv_pipeline.collection import load_batch
+
+    key = context.partition_key
+    raw_file = data_dir.raw_batch_file(key)
+    if not raw_file.exists():
+        raise dg.Failure(f"no raw batch for partition {key} at {raw_file}: materialise raw_question_batches[{key}] first")
+    batch = load_batch(raw_file)
+    rows, counts = cleaner.clean_batch(batch.questions, config.to_cleaning_config())
+    out = data_dir.cleaned_file(key)
+    with atomic_path(out, suffix=".parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    context.log.info(f"partition {key}: kept {len(rows)} of {len(batch.questions)} pairs; counts {counts}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(rows),
+            **{f"rule/{name}": int(n) for name, n in sorted(counts.items())},
+            "path": dg.MetadataValue.path(str(out)),
+            "preview": dg.MetadataValue.md(md_table(rows[:5], ["question_id", "question_score", "question", "answer"])),
+        },
+        data_version=dg.DataVersion(file_hash(out)),
+    )
+
+
+class DatasetSettings(dg.Config):
+    top_n: int = Field(10_000, description="How many of the highest-voted train pairs form the top subset.")
+    validation_fraction: float = Field(0.05, description="Share of question ids hashed into validation.")
+    test_fraction: float = Field(0.05, description="Share of question ids hashed into test.")
+
+
+@dg.asset(
+    deps=[cleaned_qa_pairs],
+    code_version="1",
+    automation_condition=FOLLOW_ANY_PARTITION,
+    group_name="curation",
+    kinds={"python", "huggingface"},
+    description="All cleaned partitions merged into chat messages, split train/validation/test, plus the top-N subset.",
+)
+def chat_dataset(context: dg.AssetExecutionContext, config: DatasetSettings, data_dir: DataDirResource) -> dg.MaterializeResult:
+    from cv_pipeline.curation.dataset import SplitFractions
+
+    files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
+    if not files:
+        raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
+    ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
+    out = data_dir.sub("chat_dataset")
+    save_chat_dataset(ds, out, source=", ".join(f.stem for f in files))
+    preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(len(v) for v in ds.splits.values()),
+            **{f"split/{k}": v for k, v in ds.counts.items()},
+            "partitions": len(files),
+            "data_version": ds.data_version,
+            "path": dg.MetadataValue.path(str(out)),
+            "lengths": image(out / "lengths.png"),
+            "data_card": dg.MetadataValue.path(str(out / "README.md")),
+            "preview": dg.MetadataValue.md(md_table(preview, ["question", "answer"])),
+        },
+        # Training re-runs only when this hash changes, not when code is refactored.
+        data_version=dg.DataVersion(ds.data_version),
+    )

@@ -1,0 +1,91 @@
+"""`adapter_evaluation` (base vs each adapter, measured) and `adapter_exports` (merged weights, Ollama)."""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from cv_pipeline.defs.curation.assets import chat_dataset
+from cv_pipeline.defs.metadata import image
+from cv_pipeline.defs.operations.k8s import GPU_STEP
+from cv_pipeline.defs.resources import DataDirResource, GPUResource
+from cv_pipeline.profiles import Profile
+from cv_pipeline.training.config import ADAPTER_SPECS
+
+
+def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    base_model, *adapters = training
+
+    class EvaluationSettings(dg.Config):
+        n_loss_examples: int = Field(profile.eval_loss_examples, description="Held-out pairs scored by teacher-forced loss.")
+        n_generation_examples: int = Field(profile.eval_generation_examples, description="Held-out questions answered and scored.")
+        max_new_tokens: int = Field(profile.eval_max_new_tokens, description="Length cap of generated answers.")
+        batch_size: int = Field(8, description="Sequences per forward pass.")
+        seed: int = Field(0, description="Seed of the held-out sample.")
+
+    @dg.asset(
+        deps=[chat_dataset, base_model, *adapters],
+        pool="gpu",
+        op_tags=GPU_STEP,
+        group_name="evaluation",
+        code_version="1",
+        kinds={"pytorch", "markdown"},
+        description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
+        "of generated answers, and the report's three prompts side by side.",
+    )
+    def adapter_evaluation(context: dg.AssetExecutionContext, config: EvaluationSettings, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:
+        from cv_pipeline.curation.dataset import load_split
+        from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
+        from cv_pipeline.evaluation.report import write_report
+
+        device = gpu.info()
+        test_rows = load_split(data_dir.sub("chat_dataset"), "test").to_list()
+        adapter_dirs = {name: data_dir.sub("adapters", name) / "adapter" for name in ADAPTER_SPECS}
+        out_dir = data_dir.sub("evaluation")
+        cfg = EvalConfig(**config.model_dump())
+        results = evaluate_models(data_dir.sub("models") / "base", adapter_dirs, test_rows, REPORT_PROMPTS, cfg, out_dir,
+                                  device=device.device, log=context.log.info)
+        curves = {}
+        for name in ADAPTER_SPECS:
+            summary = data_dir.sub("adapters", name) / "adapter" / "training_summary.json"
+            if summary.exists():
+                curves[name] = json.loads(summary.read_text()).get("loss_history", [])
+        report = write_report(results, out_dir, training_curves=curves)
+        metadata = {
+            "report": dg.MetadataValue.path(str(report.markdown)),
+            "report_html": dg.MetadataValue.path(str(report.html)),
+            "metrics": dg.MetadataValue.md(report.table_markdown),
+        }
+        for name, png in report.plots.items():
+            metadata[f"plot/{name}"] = image(png)
+        for model, m in results["models"].items():
+            metadata[f"loss/{model}"] = round(m["loss"], 4)
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(asset=adapter_evaluation, description="Each adapter's held-out loss is below the base model's.")
+    def adapters_beat_base(data_dir: DataDirResource) -> dg.AssetCheckResult:
+        metrics = json.loads((data_dir.sub("evaluation") / "metrics.json").read_text())
+        losses = {m: v["loss"] for m, v in metrics["models"].items()}
+        worse = [m for m in losses if m != "base" and losses[m] >= losses["base"]]
+        return dg.AssetCheckResult(passed=not worse, metadata={"losses": dg.MetadataValue.json(losses), "not_better": worse})
+
+    @dg.asset(
+        deps=[adapter_evaluation],
+        group_name="evaluation",
+        code_version="1",
+        kinds={"safetensors", "ollama"},
+        description="Per adapter: merged 16-bit weights, an Ollama Modelfile and a GGUF LoRA adapter.",
+    )
+    def adapter_exports(context: dg.AssetExecutionContext, data_dir: DataDirResource) -> dg.MaterializeResult:
+        from cv_pipeline.evaluation.export import export_adapter
+
+        metadata = {}
+        for name in ADAPTER_SPECS:
+            res = export_adapter(data_dir.sub("models") / "base", data_dir.sub("adapters", name) / "adapter",
+                                 data_dir.sub("exports") / name, model_name=f"cv-{name.replace('_', '-')}")
+            context.log.info(f"exported {name} to {res.out_dir}")
+            metadata[f"{name}/path"] = dg.MetadataValue.path(str(res.out_dir))
+            metadata[f"{name}/modelfile"] = dg.MetadataValue.md(f"```\n{res.modelfile.read_text()}\n```")
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [adapter_evaluation, adapters_beat_base, adapter_exports]

@@ -1,0 +1,59 @@
+"""Assemble every stage's Dagster objects for one profile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from cv_pipeline.defs.collection.assets import raw_question_batches
+from cv_pipeline.defs.curation import checks as curation_checks
+from cv_pipeline.defs.curation.assets import chat_dataset, cleaned_qa_pairs
+from cv_pipeline.defs.evaluation.assets import build_evaluation_assets
+from cv_pipeline.defs.operations.automation import automation_sensor
+from cv_pipeline.defs.operations.k8s import executor
+from cv_pipeline.defs.operations.jobs import collect_and_clean_job, train_and_evaluate_job
+from cv_pipeline.defs.operations.schedules import build_rescrape_schedule, collect_job
+from cv_pipeline.defs.resources import DataDirResource, GPUResource, StackExchangeResource
+from cv_pipeline.defs.training.assets import build_training_assets
+from cv_pipeline.profiles import Profile, default_data_dir, get_profile
+
+SECRET_ENV = {"key": "STACKEXCHANGE_KEY", "access_token": "STACKEXCHANGE_ACCESS_TOKEN"}
+
+
+def build_resources(profile: Profile, data_dir: Path | None = None) -> dict:
+    # Only the *presence* of a secret is checked here; its value is resolved by Dagster at run time
+    # and shown in the UI as the variable's name, never its value.
+    secrets = {field: dg.EnvVar(var) for field, var in SECRET_ENV.items() if os.environ.get(var)}
+    return {
+        "data_dir": DataDirResource(path=str(data_dir or default_data_dir())),
+        "stackexchange": StackExchangeResource(
+            source=profile.source,
+            site=profile.site,
+            api_base_url=profile.api_base_url,
+            dump_path=profile.dump_path,
+            sample_site_questions=profile.sample_site_questions,
+            sample_site_seed=profile.sample_site_seed,
+            **secrets,
+        ),
+        "gpu": GPUResource(),
+    }
+
+
+def build_definitions(profile: Profile | None = None, data_dir: Path | None = None) -> dg.Definitions:
+    profile = profile or get_profile()
+    training = build_training_assets(profile)
+    evaluation = build_evaluation_assets(profile, training)
+    checks = [d for d in evaluation if isinstance(d, dg.AssetChecksDefinition)]
+    assets = [raw_question_batches, cleaned_qa_pairs, chat_dataset, *training, *(d for d in evaluation if d not in checks)]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[*dg.load_asset_checks_from_modules([curation_checks]), *checks],
+        jobs=[collect_job, collect_and_clean_job, train_and_evaluate_job],
+        schedules=[build_rescrape_schedule(profile.demo_partitions)],
+        sensors=[automation_sensor],
+        resources=build_resources(profile, data_dir),
+        executor=executor(),
+        metadata={"profile": profile.name},
+    )

@@ -1,0 +1,89 @@
+"""Typed resources: where data lives, where questions come from, and which device trains."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from cv_pipeline.sources.base import QuestionSource
+
+
+class DataDirResource(dg.ConfigurableResource):
+    """The one folder every output lives under (open formats only: JSON, Parquet, Arrow, safetensors, ...)."""
+
+    path: str = Field(description="Root of the data directory (default ./data or $CV_PIPELINE_DATA_DIR).")
+
+    def sub(self, *parts: str) -> Path:
+        p = Path(self.path).joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def raw_batch_file(self, partition_key: str) -> Path:
+        return self.sub("raw") / f"questions_{partition_key}.json"
+
+    def cleaned_file(self, partition_key: str) -> Path:
+        return self.sub("cleaned") / f"pairs_{partition_key}.parquet"
+
+
+class StackExchangeResource(dg.ConfigurableResource):
+    """Opens the configured question source. Key and token arrive through ``dg.EnvVar`` only."""
+
+    source: Literal["sample_site", "api", "dump"] = Field(description="Which implementation to use.")
+    site: str = Field("stats", description="Stack Exchange site name.")
+    api_base_url: str = Field("https://api.stackexchange.com/2.3", description="API root (source=api).")
+    key: str | None = Field(None, description="App key (STACKEXCHANGE_KEY): raises the daily quota from 300 to 10,000.")
+    access_token: str | None = Field(None, description="Access token (STACKEXCHANGE_ACCESS_TOKEN), optional.")
+    dump_path: str | None = Field(None, description="Posts.xml or the site archive (source=dump).")
+    sample_site_questions: int = Field(10_000, description="Generated corpus size (source=sample_site).")
+    sample_site_seed: int = Field(0, description="Generated corpus seed (source=sample_site).")
+    keep_all_answers: bool = Field(False, description="Keep every answer, not only the highest-voted one.")
+    requests_per_second: float = Field(10.0, description="Request ceiling; Stack Exchange bans above 30/s.")
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[QuestionSource]:
+        if self.source == "dump":
+            from cv_pipeline.sources.dump import DumpSource
+
+            if not self.dump_path:
+                raise ValueError("source=dump needs dump_path: the Posts.xml (or archive) of the site's data dump")
+            with DumpSource(Path(self.dump_path), site=self.site, keep_all_answers=self.keep_all_answers) as src:
+                yield src
+            return
+        with contextlib.ExitStack() as stack:
+            base_url = self.api_base_url
+            if self.source == "sample_site":
+                from cv_pipeline.sources.sample_site import SampleSite
+
+                site = stack.enter_context(SampleSite(n_questions=self.sample_site_questions, seed=self.sample_site_seed))
+                base_url = site.base_url
+            from cv_pipeline.sources.api import StackExchangeAPISource
+
+            src = stack.enter_context(
+                StackExchangeAPISource(
+                    site=self.site,
+                    base_url=base_url,
+                    key=self.key,
+                    access_token=self.access_token,
+                    keep_all_answers=self.keep_all_answers,
+                    requests_per_second=self.requests_per_second,
+                )
+            )
+            yield src
+
+
+class GPUResource(dg.ConfigurableResource):
+    """Decides device, precision and memory limits for training and evaluation, and says what it found."""
+
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="'auto' takes CUDA when present, else the CPU.")
+    max_memory_gb: float | None = Field(None, description="Refuse to start when the GPU has less than this free.")
+    load_in_4bit: bool = Field(True, description="4-bit QLoRA on CUDA (needs bitsandbytes); ignored on the CPU.")
+
+    def info(self):
+        from cv_pipeline.training.device import detect_device
+
+        return detect_device(prefer=self.device, max_memory_gb=self.max_memory_gb, load_in_4bit=self.load_in_4bit)

