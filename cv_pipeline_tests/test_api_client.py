@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -397,7 +399,7 @@ def test_quota_reaching_zero_keeps_the_page_and_stops_the_next_call(clock: FakeC
             source.fetch_page(2)
     assert len(api.requests) == sent  # no request was spent on a certain refusal
     assert err.value.resume_at == pytest.approx(clock.now() + 24 * 3600)
-    assert "UTC" in str(err.value) and "STACKEXCHANGE_KEY" in str(err.value)
+    assert "UTC" in str(err.value) and "at the latest" in str(err.value) and "STACKEXCHANGE_KEY" in str(err.value)
 
 
 def test_quota_throttle_message_gives_the_resume_time(clock: FakeClock) -> None:
@@ -429,7 +431,6 @@ def test_key_and_token_reach_the_api_but_never_logs_reprs_or_errors(clock: FakeC
         assert KEY not in text and TOKEN not in text
     for text in (str(err.value), repr(err.value), repr(source), source.describe(), repr(err.value.__cause__), repr(err.value.__context__)):
         assert KEY not in text and TOKEN not in text
-    assert "(with app key)" in source.describe()
 
 
 def test_httpx_logger_redacts_secrets_in_any_url(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:
@@ -489,13 +490,7 @@ def test_real_closed_question_keeps_close_fields(realdata: Path) -> None:
     payload = _load(realdata, "api_questions_stackoverflow_2015_stackdash.json")
     item = next(i for i in payload["items"] if i["question_id"] == 31863875)
     q = question_from_api_item(item, 3)
-    assert q.closed_date == item["closed_date"] and q.closed_reason == html_unescaped(item["closed_reason"])
-
-
-def html_unescaped(text: str) -> str:
-    import html
-
-    return html.unescape(text)
+    assert q.closed_date == item["closed_date"] and q.closed_reason == html.unescape(item["closed_reason"])
 
 
 def test_real_withbody_question_and_answer(realdata: Path) -> None:
@@ -534,8 +529,6 @@ def test_short_throttle_wait_is_waited_out_then_retried(clock: FakeClock) -> Non
 
 @pytest.fixture
 def site_clock() -> FakeClock:
-    import time
-
     return FakeClock(start=time.time())  # the site refills quotas by UTC day: keep a real date
 
 

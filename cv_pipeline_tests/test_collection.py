@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from cv_pipeline.sources.api import StackExchangeAPISource
 from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceError
 from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage
 from cv_pipeline.sources.ratelimit import FakeClock
+from cv_pipeline.sources.sample_site import SampleSite
 
 
 def raw_question(qid: int, rank: int) -> RawQuestion:
@@ -211,3 +213,30 @@ def test_load_batch_rejects_other_files(tmp_path: Path, content: str, fragment: 
 def test_load_batch_of_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="materialise raw_question_batches"):
         load_batch(tmp_path / "missing.json")
+
+
+# -- over the real sample site ---------------------------------------------------------------------
+
+
+def _site_source(site: SampleSite, clock: FakeClock, **kwargs) -> StackExchangeAPISource:
+    return StackExchangeAPISource(base_url=site.base_url, clock=clock, **kwargs)
+
+
+def test_sample_site_collection_resumes_after_quota_and_is_byte_identical(tmp_path: Path) -> None:
+    clock = FakeClock(start=time.time())
+    rank_range = RankRange(0, 500)
+    with SampleSite(n_questions=450, clock=clock.now, quota_max=4, valid_keys={"k"}) as site:
+        with _site_source(site, clock, key="k") as source, pytest.raises(QuotaExhausted):
+            run(source, tmp_path / "a", rank_range)  # filter + pages 1-3, then the quota is spent
+        site.reset_quota()
+        with _site_source(site, clock, key="k") as source:
+            batch = run(source, tmp_path / "a", rank_range)
+        pages = [int(params["page"]) for path, params in site.request_log if path.endswith("/questions")]
+    assert pages == [1, 2, 3, 4, 5]  # no saved page fetched twice
+    assert batch.stats.pages_resumed == 3 and len(batch.questions) == 450
+    assert len({q.question_id for q in batch.questions}) == 450
+    # A second, uninterrupted collection from another sample site instance (another port).
+    with SampleSite(n_questions=450, clock=clock.now) as other, _site_source(other, clock) as source:
+        run(source, tmp_path / "b", rank_range)
+    a, b = (tmp_path / d / "raw" / "00000-00049.json" for d in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from cv_pipeline.sources.models import RawQuestion, pick_top_answer
 
@@ -171,14 +171,19 @@ _CHANGING = {
 }
 
 
+_ASCII_CONTROLS = bytes([*range(1, 9), 0x0B, *range(0x0E, 0x20), 0x7F])
+
+
 def normalize_chars(text: str, normalization: Literal["ascii", "unicode"] = "ascii") -> tuple[str, int]:
     """Apply rule 4 to plain text; returns the new text and how many characters changed."""
-    changing = _CHANGING[normalization]
-    if changing.search(text) is None:
-        return text, 0
-    if normalization == "ascii" and not text.isascii():
+    if text.isascii():
+        # The common case, kept in C: only control characters could change.
+        raw = text.encode("ascii")
+        if len(raw.translate(None, _ASCII_CONTROLS)) == len(raw):
+            return text, 0
+    elif normalization == "ascii":
         text = unicodedata.normalize("NFC", text)  # so that "e" + U+0301 is treated like "é"
-    return changing.subn(_CHARMAPS[normalization].replace, text)
+    return _CHANGING[normalization].subn(_CHARMAPS[normalization].replace, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,9 +197,8 @@ _BLOCK_TAGS = frozenset(
 )
 _DROP_TAGS = frozenset(
     "script style template noscript iframe noembed noframes object embed svg title textarea select "
-    "button".split()
+    "button xmp plaintext".split()
 )
-_NOTICE_SELECTOR = "aside.s-notice, .js-post-notice, .post-notice"
 _WS = re.compile(r"[ \t\n\r\f]+")
 _PRE_TAG = re.compile(r"<pre[\s/>]", re.I)
 
@@ -225,14 +229,14 @@ def _mark(html: str, conv: _Converted) -> str | None:
     body = tree.body
     if body is None:  # e.g. a <frameset> document: nothing a reader would see as text
         return None
-    if "notice" in html:  # cheap pre-check: CSS matching costs as much as parsing
-        for node in body.css(_NOTICE_SELECTOR):
-            node.decompose()
-            conv.notices_removed += 1
+    find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
     drop = []
     for node in body.traverse():
         tag = node.tag
-        if tag in _BLOCK_TAGS:
+        if find_notices and _is_notice(node, tag):
+            drop.append(node)
+            conv.notices_removed += 1
+        elif tag in _BLOCK_TAGS:
             node.insert_before("\x00P")
             node.insert_after("\x00P")
         elif tag == "li":
@@ -260,41 +264,61 @@ def _mark(html: str, conv: _Converted) -> str | None:
         elif tag == "table":
             node.insert_before("\x00T")
             node.insert_after("\x00t")
-        elif tag in ("pre", "listing", "xmp", "plaintext"):
+        elif tag in ("pre", "listing"):
             node.insert_before("\x00X")
             node.insert_after("\x00x")
         elif tag == "img":
             conv.images_dropped += 1
         elif tag in _DROP_TAGS:
             drop.append(node)
-    for node in drop:
+            conv.elements_dropped += 1
+    # Reverse document order: a dropped node nested in another dropped node goes first, so no
+    # node is ever decomposed after an ancestor has already freed it.
+    for node in reversed(drop):
         node.decompose()
-    conv.elements_dropped = len(drop)
     return body.text()
+
+
+def _is_notice(node: LexborNode, tag: str) -> bool:
+    """Rule 2's selectors `aside.s-notice, .js-post-notice, .post-notice`, matched on class tokens."""
+    classes = node.attributes.get("class")
+    if not classes:
+        return False
+    tokens = classes.split()
+    return "js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)
 
 
 _PROTECTED = re.compile(r"(\x00X.*?\x00x|\$\$[^$\x00]+\$\$)", re.S)
 
 
 def _squash(s: str) -> str:
-    # str.split() is several times faster than a regex here. It also splits on Unicode spaces
-    # and a few controls, but normalize_chars has already turned all of those into " " or "".
-    inner = " ".join(s.split())
-    if not inner:
-        return " " if s else ""
-    if s[0].isspace():
-        inner = " " + inner
-    if s[-1].isspace():
-        inner += " "
-    return inner
+    # Plain str.replace is C-speed, several times faster than a regex substitution here; each
+    # pass halves every run of spaces, so it stays O(n log n) even on hostile input.
+    # (Other Unicode spaces and controls were already turned into " " or "" by normalize_chars.)
+    for ws in "\n\t\r\f":
+        if ws in s:
+            s = s.replace(ws, " ")
+    while "  " in s:
+        s = s.replace("  ", " ")
+    return s
 
 
 def _collapse(marked: str) -> str:
     """Whitespace runs become one space, except inside <pre> and $$...$$ spans."""
     if "\x00X" not in marked and "$$" not in marked:
-        return _squash(marked)
-    parts = _PROTECTED.split(marked)
-    return "".join(p if i % 2 else _squash(p) for i, p in enumerate(parts))
+        marked = _squash(marked)
+    else:
+        parts = _PROTECTED.split(marked)
+        marked = "".join(p if i % 2 else _squash(p) for i, p in enumerate(parts))
+    # Fewer pieces for the layout loop: back-to-back block ends and starts mean the same as one.
+    for pair, one in (("\x00P \x00P", "\x00P"), ("\x00P\x00P", "\x00P"), ("\x00i \x00I", "\x00I"), ("\x00i\x00I", "\x00I")):
+        if pair in marked:
+            marked = marked.replace(pair, one)
+    return marked
+
+
+# Deeper lists keep this indentation: output stays linear in the input even for hostile nesting.
+_MAX_INDENT = 8
 
 
 def _layout(marked: str) -> str:
@@ -320,7 +344,7 @@ def _layout(marked: str) -> str:
             if prefix is not None:
                 out.append(prefix)
             elif lists and out:
-                out.append("  " * len(lists))  # a further line of a list item
+                out.append("  " * min(len(lists), _MAX_INDENT))  # a further line of a list item
             pending = 0
             prefix = None
         out.append(t)
@@ -345,7 +369,7 @@ def _layout(marked: str) -> str:
             else:  # a stray <li> outside any list
                 ordered, n = False, 1
             pending = max(pending, 1)
-            prefix = "  " * (max(len(lists), 1) - 1) + (f"{n}. " if ordered else "- ")
+            prefix = "  " * min(max(len(lists), 1) - 1, _MAX_INDENT) + (f"{n}. " if ordered else "- ")
         elif code == "i":
             pending = max(pending, 1)
             prefix = None
@@ -388,12 +412,57 @@ def _layout(marked: str) -> str:
     return "".join(out).strip()
 
 
+# The HTML tree-construction algorithm is quadratic in nesting depth (every start tag checks the
+# stack of open elements), so absurdly deep input (thousands of unclosed <li> or <div>) would
+# take seconds. Real post bodies nest a few dozen levels at most; beyond _MAX_DEPTH (estimated
+# by a linear scan, only for bodies with many tags) a linear regex fallback cleans instead.
+_MANY_TAGS = 2_000
+_MAX_DEPTH = 1_000
+_TAG_SCAN = re.compile(r"<(/?)([a-zA-Z][^\s/>]*)")
+# Void elements never nest; these close an open sibling of their own kind, so they do not deepen.
+_FLAT = frozenset("area base br col embed hr img input link meta source track wbr p li dt dd tr td th option".split())
+
+
+def _too_deep(html: str) -> bool:
+    if html.count("<") < _MANY_TAGS:
+        return False
+    depth = 0
+    for m in _TAG_SCAN.finditer(html):
+        if m.group(1):
+            depth = depth - 1 if depth else 0
+        elif m.group(2).lower() not in _FLAT:
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return True
+    return False
+
+
+_FB_DROP = re.compile(r"<(script|style|template|textarea|title|iframe|noscript|xmp|plaintext|noembed|noframes)\b.*?(?:</\1\s*>|$)", re.S | re.I)
+_FB_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
+_FB_BREAK = re.compile(r"<(?:/?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6]|pre|dl|dd|dt)|br|hr)\b[^>]*(?:>|$)", re.I)
+_FB_TAG = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|$)")
+
+
+def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
+    """Linear-time cleaning without structure, for pathologically nested input only."""
+    conv.has_pre = _PRE_TAG.search(html) is not None
+    text = _FB_COMMENT.sub("", _FB_DROP.sub("", html))
+    text = _FB_TAG.sub("", _FB_BREAK.sub("\n\n", text))
+    text = _html.unescape(text).replace("\x00", "")
+    text, conv.chars_normalized = normalize_chars(text, config.normalization)
+    lines = (_squash(line).strip() for line in text.split("\n"))
+    conv.text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
 def _convert(html: str, config: CleaningConfig) -> _Converted:
     conv = _Converted("")
     if not html:
         return conv
     if not isinstance(html, str):
         html = html.decode("utf-8", "replace") if isinstance(html, (bytes, bytearray)) else str(html)
+    if _too_deep(html):
+        _fallback(html, conv, config)
+        return conv
     marked = _mark(html, conv)
     if not marked:
         return conv

@@ -155,7 +155,7 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
             )
 
 
-def _check_adapter_shapes(model: torch.nn.Module, base_dir: Path, adapter_dir: Path) -> None:
+def check_adapter_shapes(model: torch.nn.Module, base_dir: Path, adapter_dir: Path) -> None:
     """Every LoRA matrix must fit the base layer it targets; a clear error beats PEFT's size-mismatch dump."""
     from safetensors import safe_open
 
@@ -210,7 +210,7 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        _check_adapter_shapes(model, base_dir, Path(adapter_dir))
+        check_adapter_shapes(model, base_dir, Path(adapter_dir))
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.to(dev).eval()
     return model, _prepare_tokenizer(tok, model)
@@ -335,7 +335,7 @@ def teacher_forced_loss(
             s = float(token_loss[i][mask[i]].sum())
             total_loss += s
             total_tokens += n
-            per_example.append({"question_id": qid, "loss": s / n if n else float("nan"), "n_tokens": n})
+            per_example.append({"question_id": qid, "loss": s / n if n else None, "n_tokens": n})
     if total_tokens == 0:
         raise ValueError("teacher_forced_loss: no assistant tokens to score; check the rows' answers and max_len")
     mean = total_loss / total_tokens
@@ -492,7 +492,7 @@ def evaluate_models(
         t0 = time.perf_counter()
         if label != BASE_MODEL_LABEL:
             adapter_dir = Path(adapters[label])
-            _check_adapter_shapes(model.get_base_model() if isinstance(model, PeftModel) else model, Path(base_dir), adapter_dir)
+            check_adapter_shapes(model.get_base_model() if isinstance(model, PeftModel) else model, Path(base_dir), adapter_dir)
             if isinstance(model, PeftModel):
                 model.load_adapter(str(adapter_dir), adapter_name=label)
             else:

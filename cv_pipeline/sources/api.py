@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceError
+from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceError, TransientSourceError
 from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage, pick_top_answer
 from cv_pipeline.sources.ratelimit import Clock, RequestGovernor, governor_for
 
@@ -236,6 +236,7 @@ class StackExchangeAPISource(QuestionSource):
         self._rng = random.Random()
         self._filter: str | None = None
         self._quota_resume_at: float | None = None
+        self._quota_reason = ""
         self.quota_remaining: int | None = None
         self.quota_max: int | None = None
         self.requests = 0
@@ -259,7 +260,8 @@ class StackExchangeAPISource(QuestionSource):
             # A local sample site's port changes from run to run; keeping it would make two
             # collections of the same data differ.
             parts = parts._replace(netloc=host)
-        return f"api {urlunsplit(parts)} site={self._site}" + (" (with app key)" if self._has_key else "")
+        # No word about credentials: the same data fetched with or without a key is the same batch.
+        return f"api {urlunsplit(parts)} site={self._site}"
 
     def __repr__(self) -> str:
         return f"StackExchangeAPISource({self.describe()!r})"
@@ -338,7 +340,7 @@ class StackExchangeAPISource(QuestionSource):
     def _get(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         path = f"/{method}"
         if self._quota_resume_at is not None and self.clock.now() < self._quota_resume_at:
-            raise self._quota_error(path, self._quota_resume_at, "the previous response reported quota_remaining=0")
+            raise self._quota_error(path, self._quota_resume_at, self._quota_reason)
         problem = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -383,14 +385,15 @@ class StackExchangeAPISource(QuestionSource):
                 if wait > MAX_THROTTLE_WAIT_S:
                     # Hours away: the daily quota is spent, not a short burst throttle.
                     self._quota_resume_at = self.clock.now() + wait
-                    raise self._quota_error(path, self._quota_resume_at, f"the API said: {message}")
+                    self._quota_reason = f"the API said: {message}"
+                    raise self._quota_error(path, self._quota_resume_at, self._quota_reason)
                 # A short wait is a burst throttle: hold this method for that long, then retry.
                 self.governor.note_backoff(method, wait)
             if error_id in RETRYABLE_ERROR_IDS:
                 problem = f"error {error_id} {name}: {message}"
                 continue
             raise SourceError(f"GET {path}: {self._explain(error_id, name, message, params)}")
-        raise SourceError(
+        raise TransientSourceError(
             f"GET {path} failed {self.max_retries + 1} times, last: {problem}; the API at {self.base_url} "
             "is unavailable or throttling: wait a few minutes and re-run (finished pages are kept)"
         )
@@ -410,13 +413,14 @@ class StackExchangeAPISource(QuestionSource):
             # The quota is a rolling 24 h window that started with its first request, which we
             # cannot see: 24 h from now is the latest it can reset. The next call raises.
             self._quota_resume_at = self.clock.now() + _DAY
+            self._quota_reason = "quota_remaining reached 0; the rolling 24 h window refills by then at the latest"
             log.warning("GET %s spent the last request of the daily quota", path)
 
     def _quota_error(self, path: str, resume_at: float, why: str) -> QuotaExhausted:
         hint = "" if self._has_key else "; an app key (STACKEXCHANGE_KEY) raises the quota from 300 to 10,000 requests/day"
         return QuotaExhausted(
             f"GET {path}: the daily request quota ({self.quota_max or '?'} requests) is spent ({why}); "
-            f"resume at {_utc(resume_at)} or later — finished pages are kept, a re-run fetches only the rest{hint}",
+            f"resume at {_utc(resume_at)} — finished pages are kept, a re-run fetches only the rest{hint}",
             resume_at=resume_at,
         )
 

@@ -11,6 +11,10 @@ class SourceError(RuntimeError):
     """A source failed in a way a retry will not fix; the message names the input and the fix."""
 
 
+class TransientSourceError(SourceError):
+    """The source kept failing with errors a later retry may fix (throttling, 5xx, dropped connections)."""
+
+
 class QuotaExhausted(SourceError):
     """The daily request quota is spent. ``resume_at`` is when to try again (epoch seconds)."""
 

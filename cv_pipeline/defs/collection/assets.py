@@ -8,7 +8,7 @@ from cv_pipeline.defs.metadata import file_hash, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
 from cv_pipeline.partitions import parse_partition_key
-from cv_pipeline.sources.base import QuotaExhausted
+from cv_pipeline.sources.base import QuotaExhausted, SourceError, TransientSourceError
 
 
 @dg.asset(
@@ -31,10 +31,15 @@ def raw_question_batches(
     try:
         with stackexchange.open() as source:
             context.log.info(f"collecting ranks {rank_range.start}-{rank_range.stop - 1} from {source.describe()}")
-            batch = collect_batch(source, rank_range, out_file, data_dir.sub("raw", ".checkpoints", key), log=context.log.info)
+            batch = collect_batch(source, rank_range, out_file, data_dir.sub("raw", ".checkpoints", key), log=context.log)
     except QuotaExhausted as exc:
         # Waiting minutes will not help: the daily quota resets tomorrow. Pages fetched so far are kept.
         raise dg.Failure(description=str(exc), metadata={"resume_at_epoch": exc.resume_at or 0}, allow_retries=False) from exc
+    except TransientSourceError:
+        raise  # the run's RetryPolicy may try again later
+    except SourceError as exc:
+        # A bad site, key, token or parameter: the same request would fail again.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     preview = [
         {"rank": q.rank, "score": q.score, "title": q.title, "answer score": q.top_answer.score if q.top_answer else ""}
         for q in batch.questions[:10]

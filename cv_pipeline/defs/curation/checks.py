@@ -33,6 +33,8 @@ def cleaned_has_no_code_block_posts(data_dir: DataDirResource) -> dg.AssetCheckR
     kept = {r["question_id"] for r in _cleaned_rows(data_dir)}
     bad = []
     for raw in sorted(data_dir.sub("raw").glob("questions_*.json")):
+        if raw.name.endswith(".stats.json"):  # the run-stats sidecar, not a batch
+            continue
         for q in load_batch(raw).questions:
             if q.question_id in kept and (has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html))):
                 bad.append(q.question_id)

@@ -5,6 +5,7 @@ it over loopback HTTP exactly as it would to the real API.
 """
 
 from cv_pipeline.sources.sample_site.corpus import SampleCorpus
+from cv_pipeline.sources.sample_site.filters import make_filter
 from cv_pipeline.sources.sample_site.server import Faults, SampleSite
 
-__all__ = ["Faults", "SampleCorpus", "SampleSite"]
+__all__ = ["Faults", "SampleCorpus", "SampleSite", "make_filter"]

@@ -48,10 +48,16 @@ def content_license(created: int) -> str:
     return "CC BY-SA 4.0"
 
 
+#: Letters NFKD does not decompose into an ASCII base letter.
+_FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ß": "ss", "æ": "ae", "œ": "oe", "ı": "i"})
+
+
 def slugify(title: str, max_len: int = 80) -> str:
     """URL slug the way the site builds one: ASCII-folded, lowercase, hyphen-separated, cut at a word."""
-    folded = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    # Separators (dashes, spaces, punctuation) first, so "Cramér–Rao" keeps its two words.
+    spaced = re.sub(r"[^\w]+", " ", title.lower().translate(_FOLD))
+    folded = unicodedata.normalize("NFKD", spaced).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
     if len(slug) > max_len:
         slug = slug[:max_len].rsplit("-", 1)[0]
     return slug or "question"
@@ -369,8 +375,9 @@ class _Writer:
         return "<p>" + " ".join(self._fill(t) for t in templates) + "</p>"
 
     def _code_block(self) -> str:
-        code = html.escape(self.rng.choice(self.topic.code), quote=False)
-        lang = "lang-r" if "<-" in code or "library(" in code else "lang-py"
+        raw = self.rng.choice(self.topic.code)
+        code = html.escape(raw, quote=False)
+        lang = "lang-r" if "<-" in raw or "library(" in raw else "lang-py"
         if self.rng.random() < 0.5:
             return f"<pre><code>{code}\n</code></pre>"
         return f'<pre class="{lang} prettyprint-override"><code>{code}\n</code></pre>'
@@ -441,8 +448,8 @@ class _Writer:
         blocks.append(self._p(r.choice(V.ANSWER_LEADS)))
         if headed:
             blocks.append("<h2>Details</h2>")
-        for _ in range(r.randint(1, 3)):
-            blocks.append(self._p(r.choice(V.ANSWER_BODIES)))
+        for template in r.sample(V.ANSWER_BODIES, r.randint(1, 3)):
+            blocks.append(self._p(template))
         if r.random() < 0.3:
             blocks.append(self._display_math())
         if r.random() < 0.03:

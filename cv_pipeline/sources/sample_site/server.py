@@ -174,7 +174,8 @@ class SampleSite:
         handler = type("SampleSiteHandler", (_Handler,), {"site": self})
         self._server = ThreadingHTTPServer((HOST, self._port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sample-site", daemon=True)
+        # A short poll interval so stop() (which waits for the loop to notice) is quick.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="sample-site", daemon=True)
         self._thread.start()
         return self
 
@@ -321,27 +322,27 @@ class SampleSite:
 
     def _site_info(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
         self._check_site(params)
-        with self._lock:
-            if self._info is None:
-                # Exact totals from the cheap per-thread shapes (no text is generated).
-                shapes = [self.corpus.shape(r) for r in range(len(self.corpus))]
-                n_answers = sum(len(s.answer_scores) for s in shapes)
-                self._info = {
-                    "new_active_users": 0,
-                    "total_users": len(self.corpus) * 3,
-                    "badges_per_minute": 0.0,
-                    "total_badges": 0,
-                    "total_votes": sum(self.corpus.score(r) for r in range(len(self.corpus))),
-                    "total_comments": 0,
-                    "answers_per_minute": 0.0,
-                    "questions_per_minute": 0.0,
-                    "total_answers": n_answers,
-                    "total_accepted": sum(s.accepted is not None for s in shapes),
-                    "total_unanswered": sum(not s.answer_scores for s in shapes),
-                    "total_questions": len(self.corpus),
-                    "api_revision": "sample-site",
-                }
-        return [dict(self._info)], False, {"total": 1, "type": "info", "page": 1, "page_size": 1}
+        info = self._info
+        if info is None:
+            # Exact totals from the cheap per-thread shapes (no text is generated). Computed
+            # outside the lock: two racing first calls just compute the same numbers twice.
+            shapes = [self.corpus.shape(r) for r in range(len(self.corpus))]
+            info = self._info = {
+                "new_active_users": 0,
+                "total_users": len(self.corpus) * 3,
+                "badges_per_minute": 0.0,
+                "total_badges": 0,
+                "total_votes": sum(self.corpus.score(r) for r in range(len(self.corpus))),
+                "total_comments": 0,
+                "answers_per_minute": 0.0,
+                "questions_per_minute": 0.0,
+                "total_answers": sum(len(s.answer_scores) for s in shapes),
+                "total_accepted": sum(s.accepted is not None for s in shapes),
+                "total_unanswered": sum(not s.answer_scores for s in shapes),
+                "total_questions": len(self.corpus),
+                "api_revision": "sample-site",
+            }
+        return [dict(info)], False, {"total": 1, "type": "info", "page": 1, "page_size": 1}
 
     def _filters_create(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
         unsafe = params.get("unsafe", "false").lower()
@@ -432,7 +433,7 @@ def _project_question(q: dict[str, Any], flt: F.Filter) -> dict[str, Any]:
     for k, v in q.items():
         if not flt.has(f"question.{k}"):
             continue
-        if k == "title" and not flt.unsafe:
+        if k in ("title", "closed_reason") and not flt.unsafe:
             v = _escape(v)
         elif k == "owner":
             v = _project_user(v, flt)
@@ -477,7 +478,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
         if faults.take("malformed_next"):
             payload = payload[: max(1, len(payload) // 2)] + b"<!-- not json"
-        body = gzip.compress(payload, mtime=0)  # mtime=0: same request, same bytes
+        body = gzip.compress(payload, compresslevel=6, mtime=0)  # mtime=0: same request, same bytes
         if faults.take("truncate_next"):
             body = body[: len(body) // 2]
         self.send_response(400 if b'"error_id"' in payload[:80] else 200)

@@ -296,7 +296,7 @@ ANSWER_LEADS: tuple[str, ...] = (
 ANSWER_BODIES: tuple[str, ...] = (
     "Under {thing} the key quantity is ${math}$, so {qty} is only meaningful once you fix the scale of the data.",
     "With {n} {units} the asymptotic approximation is usually fine, but with fewer than {n2} it can be badly off.",
-    "If {assumption} fails, {thing2} is the safer choice; it gives up a little power in exchange for robustness.",
+    "If the assumption of {assumption} fails, {thing2} is the safer choice; it gives up a little power in exchange for robustness.",
     "A quick simulation makes this concrete: draw data with a known {qty_noun}, apply {thing}, and look at how often you recover it.",
     "Note that {qty} is <em>not</em> a probability that the hypothesis is true; it is a statement about the data given the model.",
     "The estimate of {qty} is unbiased, but its variance grows quickly as {n} shrinks — that is what you are seeing.",

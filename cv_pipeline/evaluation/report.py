@@ -1,0 +1,200 @@
+"""The evaluation report: metrics.json, PNG plots, report.md and a self-contained report.html.
+
+Plots use matplotlib's object API (``Figure``) with the Agg canvas, never pyplot: no global
+backend state, safe inside a Dagster worker thread, no display needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cv_pipeline import atomic
+
+ATTRIBUTION = (
+    "Questions and reference answers come from stats.stackexchange.com (Cross Validated), "
+    "user contributions licensed under CC BY-SA; each row keeps its link and licence in the chat dataset."
+)
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote, plus the metrics table for Dagster metadata."""
+
+    metrics_json: Path
+    report_md: Path
+    report_html: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+    markdown_table: str = ""
+
+    def paths(self) -> dict[str, Path]:
+        return {"metrics_json": self.metrics_json, "report_md": self.report_md, "report_html": self.report_html,
+                **{f"plot_{k}": v for k, v in self.plots.items()}}
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _table_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "held-out loss", "perplexity", "ROUGE-L mean [95% CI]", "embedding cosine mean [95% CI]", "n"]
+    rows = []
+    for name, m in results["models"].items():
+        r, c = m["rouge_l"], m["embedding_cosine"]
+        rows.append([
+            name,
+            _fmt(m["loss"]),
+            _fmt(m["perplexity"], 2),
+            f"{_fmt(r['mean'], 3)} [{_fmt(r['ci_low'], 3)}, {_fmt(r['ci_high'], 3)}]",
+            f"{_fmt(c['mean'], 3)} [{_fmt(c['ci_low'], 3)}, {_fmt(c['ci_high'], 3)}]",
+            str(m["n"]),
+        ])
+    return header, rows
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """The per-model metrics as a Markdown table (also used as Dagster ``MetadataValue.md``)."""
+    header, rows = _table_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _save_png(fig: Any, target: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return atomic.write_bytes(target, buf.getvalue())
+
+
+def _plot_loss(results: Mapping[str, Any], target: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    names = list(results["models"])
+    losses = [results["models"][n]["loss"] for n in names]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    bars = ax.bar(names, losses, color=["#888888"] + ["#3b7dd8"] * (len(names) - 1))
+    for bar, n in zip(bars, names, strict=True):
+        ax.annotate(f"ppl {results['models'][n]['perplexity']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("mean token loss (nats)")
+    ax.set_title("Held-out loss on assistant tokens (lower is better)")
+    return _save_png(fig, target)
+
+
+def _plot_distribution(results: Mapping[str, Any], metric: str, title: str, target: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    names = list(results["models"])
+    data = [[e[metric] for e in results["per_example"] if e["model"] == n] for n in names]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_title(title)
+    ax.set_ylabel(metric)
+    return _save_png(fig, target)
+
+
+def _plot_training(curves: Mapping[str, Sequence[Mapping[str, float]]], target: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for name, points in curves.items():
+        ax.plot([p["step"] for p in points], [p["loss"] for p in points], label=name, marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.legend()
+    return _save_png(fig, target)
+
+
+def _markdown(results: Mapping[str, Any], table: str, plots: Mapping[str, Path]) -> str:
+    cfg = results.get("config", {})
+    parts = [
+        "# Adapter evaluation",
+        "",
+        f"Base model: `{results['base_model']}`; device: {results.get('device', '?')}; "
+        f"{results.get('n_test_rows', '?')} test rows available, loss on up to {cfg.get('n_loss_examples', '?')}, "
+        f"answers to up to {cfg.get('n_generation_examples', '?')} (greedy, at most {cfg.get('max_new_tokens', '?')} new tokens).",
+        "",
+        "Loss and perplexity are over assistant tokens only (token-weighted); ROUGE-L and cosine "
+        "(all-MiniLM-L6-v2 embeddings) compare each generated answer with the top-voted answer. "
+        "Intervals are bootstrap 95% confidence intervals of the mean.",
+        "",
+        table,
+        "",
+        "## Plots",
+        "",
+    ]
+    parts += [f"![{name}]({path.name})" for name, path in plots.items()]
+    parts += ["", "## The report's three prompts", ""]
+    for entry in results["prompts"]:
+        parts += [f"### {entry['prompt']}", ""]
+        for name, answer in entry["answers"].items():
+            quoted = "\n".join("> " + line for line in (answer or "(empty answer)").splitlines())
+            parts += [f"**{name}**", "", quoted, ""]
+    parts += ["## Attribution", "", ATTRIBUTION, ""]
+    return "\n".join(parts)
+
+
+def _html(results: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
+    esc = html.escape
+    header, rows = _table_rows(results)
+    table = "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
+    table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>"
+    imgs = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{esc(name)}</figcaption></figure>"
+        for name, path in plots.items()
+    )
+    answers = ""
+    for entry in results["prompts"]:
+        answers += f"<h3>{esc(entry['prompt'])}</h3><div class='side'>"
+        answers += "".join(
+            f"<div><h4>{esc(name)}</h4><pre>{esc(ans or '(empty answer)')}</pre></div>" for name, ans in entry["answers"].items()
+        )
+        answers += "</div>"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}.side{display:flex;gap:1em}.side>div{flex:1}"
+        "pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}img{max-width:100%}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Adapter evaluation</title>"
+        f"<style>{style}</style></head><body><h1>Adapter evaluation</h1>"
+        f"<p>Base model: <code>{esc(str(results['base_model']))}</code></p>{table}<h2>Plots</h2>{imgs}"
+        f"<h2>The report's three prompts</h2>{answers}<h2>Attribution</h2><p>{esc(ATTRIBUTION)}</p></body></html>\n"
+    )
+
+
+def write_report(
+    results: Mapping[str, Any],
+    out_dir: Path | str,
+    training_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+) -> ReportFiles:
+    """Write every report file atomically into ``out_dir`` and return their paths and the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not results.get("models"):
+        raise ValueError("write_report: the results have no models; run evaluate_models first")
+    plots = {
+        "heldout_loss": _plot_loss(results, out / "heldout_loss.png"),
+        "rouge_l": _plot_distribution(results, "rouge_l", "ROUGE-L vs the top-voted answer", out / "rouge_l.png"),
+        "embedding_cosine": _plot_distribution(
+            results, "embedding_cosine", "Embedding cosine vs the top-voted answer", out / "embedding_cosine.png"
+        ),
+    }
+    if training_curves:
+        plots["training_loss"] = _plot_training(training_curves, out / "training_loss.png")
+    table = markdown_table(results)
+    metrics_json = atomic.write_json(out / "metrics.json", dict(results))
+    report_md = atomic.write_text(out / "report.md", _markdown(results, table, plots))
+    report_html = atomic.write_text(out / "report.html", _html(results, plots))
+    return ReportFiles(metrics_json, report_md, report_html, plots, table)

@@ -1,0 +1,358 @@
+"""Train one LoRA adapter: Unsloth's FastLanguageModel + TRL's SFTTrainer + PEFT, on CUDA or CPU.
+
+The loss covers the assistant turns only. We tokenise the chats ourselves (``tokenize_chat``)
+instead of relying on TRL's ``assistant_only_loss``, which needs ``{% generation %}`` markers that
+most chat templates (SmolLM2's, Llama 3.2's) lack; TRL then takes the ``input_ids``/``labels``
+columns as they are. Checkpoints go to ``out_dir/checkpoints``; running again with the same
+``out_dir`` resumes from the last one. The finished adapter is swapped in atomically at
+``out_dir/adapter``.
+"""
+
+from __future__ import annotations
+
+# Unsloth patches transformers, TRL and PEFT when it is imported: it must come first.
+import unsloth  # noqa: F401  (isort: skip)
+from unsloth import FastLanguageModel  # isort: skip
+
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from cv_pipeline.atomic import atomic_dir, write_json
+from cv_pipeline.training.base_model import validate_model_dir
+from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
+from cv_pipeline.training.device import DeviceInfo
+
+FINGERPRINT_FILE = "run_fingerprint.json"
+SUMMARY_FILE = "training_summary.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or finish; the message says what to change."""
+
+
+class TrainingOOMError(TrainingError):
+    """The GPU ran out of memory; the message lists what to reduce."""
+
+
+@dataclass
+class TrainResult:
+    """What one ``train_adapter`` call produced and measured."""
+
+    adapter_path: Path
+    steps: int
+    train_tokens: int  # non-padding tokens fed to the model in this session (resumed steps excluded)
+    tokens_per_s: float
+    wall_time_s: float
+    peak_memory_gb: float  # CUDA: max allocated; CPU: the process's peak resident set size
+    device: str
+    resumed_from_step: int
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    final_loss: float | None = None
+    final_eval_loss: float | None = None
+    n_train_examples: int = 0
+    n_dropped_examples: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adapter_path"] = str(self.adapter_path)
+        return d
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_length: int) -> dict[str, list[int]]:
+    """Token ids and labels of one chat; labels are -100 except on assistant turns (up to their EOS).
+
+    Each turn is rendered with the chat template and tokenised piece by piece: the prompt part
+    (template up to the generation prompt) is masked, the assistant part is learnt. Tokenising the
+    prompt alone matches what the model sees at inference time. Text the template adds after the
+    assistant's EOS (a newline) is masked: the model never has to produce it.
+    """
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a training chat must end with an assistant message")
+    eos_id = tokenizer.eos_token_id
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (prompt.startswith(rendered) and full.startswith(prompt)):
+            raise TrainingError(
+                "the chat template does not render chats as growing prefixes, so prompt and answer tokens "
+                "cannot be told apart: use a standard instruct chat template"
+            )
+        context = tokenizer(prompt[len(rendered) :], add_special_tokens=not rendered)["input_ids"]
+        answer = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        learnt = len(answer)
+        if eos_id is not None and eos_id in answer:
+            learnt = answer.index(eos_id) + 1
+        input_ids += context + answer
+        labels += [-100] * len(context) + answer[:learnt] + [-100] * (len(answer) - learnt)
+        rendered = full
+    return {"input_ids": input_ids[:max_seq_length], "labels": labels[:max_seq_length]}
+
+
+def tokenize_dataset(tokenizer, dataset: Dataset, max_seq_length: int, name: str = "train") -> tuple[Dataset, int]:
+    """``input_ids``/``labels`` for every chat; drops chats whose answer starts past the length cap."""
+    if "messages" not in dataset.column_names:
+        raise TrainingError(
+            f"the {name} dataset has no 'messages' column (columns: {dataset.column_names}): pass the "
+            "chat_dataset split, whose rows are [user, assistant] message lists"
+        )
+    if len(dataset) == 0:
+        raise TrainingError(f"the {name} dataset is empty: check the chat_dataset split and the subset selection")
+    tokenized = dataset.map(
+        lambda row: tokenize_chat(tokenizer, row["messages"], max_seq_length),
+        remove_columns=dataset.column_names,
+        desc=f"Tokenising {name} chats",
+    )
+    kept = tokenized.filter(lambda row: any(label != -100 for label in row["labels"]))
+    if len(kept) == 0:
+        raise TrainingError(
+            f"every {name} chat's prompt fills max_seq_length={max_seq_length} tokens, so nothing is left "
+            "to learn: raise max_seq_length"
+        )
+    return kept, len(tokenized) - len(kept)
+
+
+class _Progress(TrainerCallback):
+    """Forwards the trainer's logs to the caller and counts this session's tokens."""
+
+    def __init__(self, log: Callable[[str], None] | None, on_log: Callable[[dict], None] | None):
+        self.log, self.on_log_cb = log, on_log
+        self.initial_tokens = 0
+        self.initial_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Called after a checkpoint's state is restored, so these are the resumed values.
+        self.initial_tokens, self.initial_step = state.num_input_tokens_seen, state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = {**(logs or {}), "step": state.global_step}
+        if self.on_log_cb is not None:
+            self.on_log_cb(logs)
+        if self.log is not None and ("loss" in logs or "eval_loss" in logs):
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            parts += [f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss", "grad_norm") if k in logs]
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            self.log(", ".join(parts))
+
+
+def train_adapter(
+    base_model_dir: Path,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    out_dir: Path,
+    hparams: TrainingHyperparams,
+    lora: LoraHyperparams,
+    device: DeviceInfo,
+    log: Callable[[str], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on ``train_dataset`` (a ``messages`` column) and write it to ``out_dir/adapter``.
+
+    Re-running with the same ``out_dir`` and settings resumes from the last checkpoint in
+    ``out_dir/checkpoints``; changed settings, data or base model start afresh. ``callbacks`` are
+    extra transformers callbacks (tests use one to interrupt a run).
+    """
+    say = log or (lambda _msg: None)
+    base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
+    try:
+        base = validate_model_dir(base_model_dir)
+    except Exception as exc:
+        raise TrainingError(f"base model not ready: {exc} (materialise the base_model asset first)") from exc
+    if hparams.max_seq_length > base.max_position_embeddings:
+        raise TrainingError(
+            f"max_seq_length={hparams.max_seq_length} exceeds the base model's context of "
+            f"{base.max_position_embeddings} tokens ({base_model_dir}): lower max_seq_length"
+        )
+    if len(train_dataset) == 0:
+        raise TrainingError("the train dataset is empty: check the chat_dataset split and the subset selection")
+
+    torch.manual_seed(hparams.seed)
+    four_bit = device.is_cuda and device.four_bit_available
+    say(f"loading {base.architecture} from {base_model_dir} on {device.device} ({'4-bit QLoRA' if four_bit else 'LoRA'})")
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(base_model_dir),
+        max_seq_length=hparams.max_seq_length,
+        # CPU: Unsloth's fallback is fp32; CUDA: None lets Unsloth pick bf16/fp16 for the GPU.
+        dtype=None if device.is_cuda else torch.float32,
+        load_in_4bit=four_bit,
+        use_gradient_checkpointing="unsloth" if device.is_cuda else False,
+        random_state=hparams.seed,
+        local_files_only=True,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        # Recomputing activations saves GPU memory; on a CPU memory is plentiful and it costs time.
+        use_gradient_checkpointing="unsloth" if device.is_cuda else False,
+        random_state=hparams.seed,
+    )
+    train_tok, dropped = tokenize_dataset(tokenizer, train_dataset, hparams.max_seq_length, "train")
+    eval_tok = tokenize_dataset(tokenizer, eval_dataset, hparams.max_seq_length, "eval")[0] if eval_dataset else None
+    if dropped:
+        say(f"dropped {dropped} train chats whose prompt alone fills max_seq_length={hparams.max_seq_length}")
+
+    ckpt_dir = out_dir / "checkpoints"
+    resume = _resume_point(ckpt_dir, _fingerprint(base.content_hash, train_dataset, hparams, lora), say)
+    # Packing needs attention that respects document boundaries inside one row (varlen flash
+    # attention); the CPU path has none, so packed chats would attend to each other there.
+    packing = hparams.packing and device.is_cuda
+    if hparams.packing and not packing:
+        say("packing is off on the CPU: without varlen attention packed chats would attend to each other")
+    args = _sft_config(ckpt_dir, hparams, device, packing, eval_tok is not None)
+    progress = _Progress(log, on_log)
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train_tok,
+        eval_dataset=eval_tok,
+        args=args,
+        callbacks=[progress, *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through ``log``, not raw prints
+
+    if device.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        final_eval = trainer.evaluate()["eval_loss"] if eval_tok is not None else None
+    except torch.OutOfMemoryError as exc:
+        raise TrainingOOMError(
+            f"out of GPU memory with per_device_batch={hparams.per_device_batch}, max_seq_length="
+            f"{hparams.max_seq_length}, 4-bit={four_bit}: lower per_device_batch (raise grad_accum to keep "
+            "the effective batch), lower max_seq_length, or install bitsandbytes for 4-bit QLoRA. Training "
+            "resumes from the last checkpoint"
+        ) from exc
+    wall = time.perf_counter() - start
+
+    state = trainer.state
+    history = [
+        {k: float(e[k]) for k in ("step", "loss", "eval_loss", "grad_norm", "learning_rate") if k in e}
+        for e in state.log_history
+        if "loss" in e or "eval_loss" in e
+    ]
+    tokens = int(state.num_input_tokens_seen - progress.initial_tokens)
+    losses = [h["loss"] for h in history if "loss" in h]
+    result = TrainResult(
+        adapter_path=out_dir / "adapter",
+        steps=state.global_step,
+        train_tokens=tokens,
+        tokens_per_s=tokens / wall if wall > 0 else 0.0,
+        wall_time_s=wall,
+        peak_memory_gb=_peak_memory_gb(device),
+        device=device.name,
+        resumed_from_step=progress.initial_step,
+        loss_history=history,
+        final_loss=losses[-1] if losses else None,
+        final_eval_loss=float(final_eval) if final_eval is not None else None,
+        n_train_examples=len(train_tok),
+        n_dropped_examples=dropped,
+    )
+    with atomic_dir(result.adapter_path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        summary = {
+            **result.as_dict(),
+            "adapter_path": None,
+            "base_model": base.as_dict(),
+            "hparams": hparams.model_dump(),
+            "lora": lora.model_dump(),
+            "device_info": device.as_dict(),
+        }
+        write_json(tmp / SUMMARY_FILE, summary)
+    say(f"adapter written to {result.adapter_path} after {result.steps} steps ({result.tokens_per_s:.0f} tokens/s)")
+    return result
+
+
+def _sft_config(ckpt_dir: Path, hp: TrainingHyperparams, device: DeviceInfo, packing: bool, has_eval: bool) -> SFTConfig:
+    bf16 = device.is_cuda and device.bf16
+    return SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=hp.per_device_batch,
+        per_device_eval_batch_size=hp.per_device_batch,
+        gradient_accumulation_steps=hp.grad_accum,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps if hp.max_steps is not None else -1,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=hp.warmup_steps,
+        weight_decay=hp.weight_decay,
+        optim=hp.optimizer if device.is_cuda else "adamw_torch",
+        seed=hp.seed,
+        data_seed=hp.seed,
+        logging_steps=hp.logging_steps,
+        save_strategy="steps",
+        save_steps=hp.save_steps,
+        save_total_limit=hp.save_total_limit,
+        eval_strategy="steps" if has_eval and hp.eval_steps else "no",
+        eval_steps=hp.eval_steps,
+        max_length=hp.max_seq_length,
+        packing=packing,
+        use_cpu=not device.is_cuda,
+        bf16=bf16,
+        fp16=device.is_cuda and not bf16,
+        # Unsloth does its own (cheaper) checkpointing on CUDA via get_peft_model; on a CPU TRL's
+        # default checkpointing made a step about 10x slower.
+        gradient_checkpointing=False,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def _fingerprint(base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams) -> str:
+    """What must match for a checkpoint to be resumable: base model, chats and every setting."""
+    h = hashlib.sha256()
+    h.update(base_hash.encode())
+    h.update(json.dumps([hp.model_dump(), lora.model_dump()], sort_keys=True).encode())
+    for batch in train.select_columns(["messages"]).iter(batch_size=1000):
+        h.update(json.dumps(batch["messages"], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
+    """The last checkpoint of an identical earlier run; stale checkpoints of a different run are removed."""
+    stamp = ckpt_dir / FINGERPRINT_FILE
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
+    if last and recorded == fingerprint:
+        say(f"resuming from {last}")
+        return Path(last)
+    if ckpt_dir.is_dir() and recorded != fingerprint:
+        say(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other data or settings")
+        shutil.rmtree(ckpt_dir)
+    write_json(stamp, {"fingerprint": fingerprint})
+    return None
+
+
+def _peak_memory_gb(device: DeviceInfo) -> float:
+    if device.is_cuda:
+        return torch.cuda.max_memory_allocated() / 1024**3
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (1024**3 if sys.platform == "darwin" else 1024**2)

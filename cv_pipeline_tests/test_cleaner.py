@@ -1,0 +1,499 @@
+"""The cleaner: the report's cleaning rules on real Stack Exchange bodies, tables of cases, hostile input."""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from selectolax.lexbor import LexborHTMLParser
+
+from cv_pipeline.curation.cleaner import (
+    COUNT_KEYS,
+    CleaningConfig,
+    clean_batch,
+    clean_pair,
+    clean_title,
+    has_code_block,
+    html_to_text,
+    infer_license,
+    normalize_chars,
+)
+from cv_pipeline.sources.models import RawAnswer, RawQuestion
+
+GOLDEN = Path(__file__).parent / "golden"
+UNICODE = CleaningConfig(normalization="unicode")
+LONG = "This sentence is comfortably longer than twenty characters."
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden files: real bodies, expected text written by hand from the HTML.
+
+
+def _golden_cases() -> list[str]:
+    return sorted(p.name for p in GOLDEN.glob("*.txt"))
+
+
+def _source_of(golden_name: str) -> tuple[str, CleaningConfig]:
+    stem = golden_name.removesuffix(".txt")
+    config = CleaningConfig()
+    if stem.endswith(".unicode"):
+        stem, config = stem.removesuffix(".unicode"), UNICODE
+    folder = "cv" if stem.startswith("cv_post_") else "bodies"
+    return f"{folder}/{stem}.html", config
+
+
+def test_enough_golden_files() -> None:
+    assert len(_golden_cases()) >= 15
+
+
+@pytest.mark.parametrize("golden_name", _golden_cases())
+def test_golden(realdata: Path, golden_name: str) -> None:
+    source, config = _source_of(golden_name)
+    expected = (GOLDEN / golden_name).read_text(encoding="utf-8").removesuffix("\n")
+    got = html_to_text((realdata / source).read_text(encoding="utf-8"), config)
+    assert got == expected
+
+
+def _post_body_of_closed_page(realdata: Path) -> str:
+    page = (realdata / "pages" / "question_page_fragment_stackoverflow_49345858_closed.html").read_text(encoding="utf-8")
+    body = LexborHTMLParser(page).css_first("div.js-post-body")
+    assert body is not None, "the page fragment should hold the post body div"
+    return body.inner_html
+
+
+def test_closed_page_notice_removed(realdata: Path) -> None:
+    body_html = _post_body_of_closed_page(realdata)
+    assert "s-notice" in body_html  # the notice really is inside the post body
+    assert html_to_text(body_html) == (
+        "I need to have a circular progress bar which I can use to show a user what percent they got in a test. "
+        "Ideally, there would be some fixed HTML and then change the value in the JavaScript or jQuery. "
+        "They could look like any of the circles below.\n\nThank you in advance."
+    )
+    result = clean_pair("Circular percent progress bar", body_html, f"<p>{LONG}</p>")
+    assert result.kept
+    assert result.changed_by["notices_removed"] == 1
+    for notice_text in ("Closed", "Want to improve", "focused", "Improve this question", "3 years ago"):
+        assert notice_text not in result.question
+
+
+def _manifest(realdata: Path) -> list[dict]:
+    return json.loads((realdata / "manifest_posts_samples.json").read_text(encoding="utf-8"))
+
+
+def test_real_bodies_code_block_matches_pre_tags(realdata: Path) -> None:
+    """Rule 1 on every sampled body: a body is a code-block body exactly when it has a <pre> element."""
+    bodies = sorted((realdata / "bodies").glob("*.html")) + sorted((realdata / "cv").glob("*.html"))
+    assert len(bodies) > 70
+    flagged = 0
+    for path in bodies:
+        raw = path.read_text(encoding="utf-8")
+        assert has_code_block(raw) == ("<pre" in raw), path.name
+        flagged += has_code_block(raw)
+        for config in (CleaningConfig(), UNICODE):
+            text = html_to_text(raw, config)
+            assert not re.search(r"</?[a-zA-Z][a-zA-Z0-9]*[\s/>]", text), path.name
+            assert text == text.strip() and "\n\n\n" not in text
+        assert html_to_text(raw).isascii(), path.name
+    assert flagged >= 5
+
+
+def test_real_batch_counts(realdata: Path) -> None:
+    questions = []
+    for rank, entry in enumerate(_manifest(realdata)):
+        answer = None
+        if entry.get("top_answer_body_file"):
+            answer = RawAnswer(
+                answer_id=entry["top_answer_id"],
+                score=entry["top_answer_score"],
+                body_html=(realdata / entry["top_answer_body_file"]).read_text(encoding="utf-8"),
+            )
+        questions.append(
+            RawQuestion(
+                question_id=rank + 1,  # ids repeat across the sampled sites; keep them distinct here
+                rank=rank,
+                title=entry["title"],
+                body_html=(realdata / entry["question_body_file"]).read_text(encoding="utf-8"),
+                score=entry["score"],
+                link=entry["url"],
+                top_answer=answer,
+            )
+        )
+    rows, counts = clean_batch(questions, CleaningConfig())
+    with_pre = sum(
+        1
+        for q in questions
+        if q.top_answer is not None and ("<pre" in q.body_html or "<pre" in q.top_answer.body_html)
+    )
+    assert counts["no_answer"] == sum(q.top_answer is None for q in questions) == 3
+    assert counts["dropped_code_block"] == with_pre
+    assert counts["kept"] == len(rows) > 20
+    _assert_counts_add_up(counts)
+    for row in rows:
+        assert row["license"] == "unknown"  # no licence and no creation date given above
+        assert row["question"].startswith(clean_title(next(q.title for q in questions if q.question_id == row["question_id"])))
+        assert row["question"].isascii() and row["answer"].isascii()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables of html_to_text cases
+
+
+CASES_BOTH_MODES = [
+    # (html, expected in both modes)
+    ("<p>a &amp; b &lt; c &gt; d &quot;e&quot; &#39;f&#39;</p>", "a & b < c > d \"e\" 'f'"),
+    ("a&nbsp;b&nbsp;&nbsp;c\u00a0d", "a b c d"),
+    ("\u201ca\u201d \u2018b\u2019 \u201ec\u201c", "\"a\" 'b' \"c\""),
+    ("a\u2013b\u2014c\u2010d\u2011e", "a-b--c-d-e"),
+    ("wait\u2026 &hellip;", "wait... ..."),
+    ("soft\u00adhyphen zero\u200bwidth", "softhyphen zerowidth"),
+    ("bell\x07 and\x1b escape", "bell and escape"),
+    ("<ul><li>a<ul><li>b</li><li>c</li></ul></li><li>d</li></ul>", "- a\n  - b\n  - c\n- d"),
+    ("<ol><li>x</li><li>y</li></ol>", "1. x\n2. y"),
+    ('<ol start="3"><li>x</li><li>y</li></ol>', "3. x\n4. y"),
+    ("<ol><li>a<ol><li>b</li></ol></li></ol>", "1. a\n  1. b"),
+    ("<ul><li><p>first</p><p>second</p></li><li>next</li></ul>", "- first\n  second\n- next"),
+    ("<p>intro</p><ul><li>a</li></ul><p>outro</p>", "intro\n\n- a\n\noutro"),
+    ("<ul><li>a<br>b</li></ul>", "- a\n  b"),
+    ("a<br>b<br/>c", "a\nb\nc"),
+    ("a<br><br><br><br>b", "a\n\nb"),
+    ("<p>a<br></p><p>b</p>", "a\n\nb"),
+    ("<p>use <code>x &lt;- c(1, 2)</code> here</p>", "use x <- c(1, 2) here"),
+    ('<aside class="s-notice s-notice__info js-post-notice"><b>Closed</b>. Off-topic.</aside><p>Body</p>', "Body"),
+    ('<div class="js-post-notice">Notice text</div><p>Body</p>', "Body"),
+    ('<p>Body</p><div class="post-notice">Notice text</div>', "Body"),
+    ("<p>a</p><script>alert('x')</script><style>p { color: red }</style><p>b</p>", "a\n\nb"),
+    ("<p>a<noscript>ns</noscript><template>tpl</template><iframe>frame</iframe>b</p>", "ab"),
+    ("<p>$a &lt; b$ and $x &amp; y$ and $p<0.05$</p>", "$a < b$ and $x & y$ and $p<0.05$"),
+    # A raw "<" before a letter opens a tag for every HTML parser, browsers included (the site
+    # itself stores "&lt;"), so the rest of this math is gone, as it is on the rendered page.
+    ("<p>$x<y$ rest</p>", "$x"),
+    (
+        "<p>$$\n\\begin{align} a &amp;= b \\\\\n  c &amp;= d \\end{align}\n$$</p>",
+        "$$\n\\begin{align} a &= b \\\\\n  c &= d \\end{align}\n$$",
+    ),
+    ("<p>inline $x_1 +   x_2$ collapses</p>", "inline $x_1 + x_2$ collapses"),
+    ('<p>see <img src="x.png" alt="enter image description here"> it</p>', "see it"),
+    ("<blockquote><p>quoted</p></blockquote><p>after</p>", "quoted\n\nafter"),
+    ("<h2>Title</h2><p>text</p><h3>Sub</h3>", "Title\n\ntext\n\nSub"),
+    ("<p>a</p><hr><p>b</p>", "a\n\nb"),
+    ("  <p>  a \n\t b  </p>  ", "a b"),
+    ("H<sub>2</sub>O x<sup>2</sup> <s>old</s> <strike>older</strike> <mark>m</mark> <small>s</small> <u>u</u>",
+     "H2O x2 old older m s u"),
+    ("<p><a href='https://example.org'>a link</a> <b>b</b><strong>s</strong> <i>i</i><em>e</em></p>", "a link bs ie"),
+    (
+        "<table><thead><tr><th>h1</th><th>h2</th></tr></thead><tbody><tr><td>1</td><td>2</td></tr></tbody></table>",
+        "h1 | h2\n1 | 2",
+    ),
+    ("<p>before</p><table><tr><td>a</td><td></td><td>c</td></tr></table><p>after</p>", "before\n\na | | c\n\nafter"),
+    ("<table><tr><td><p>p1</p><p>p2</p></td><td>x<br>y</td></tr></table>", "p1 p2 | x y"),
+    ("<pre>  indented\n    code</pre><p>after</p>", "indented\n    code\n\nafter"),
+    ("<p>x</p><pre>  kept  as   is</pre>", "x\n\n  kept  as   is"),
+    ("<div><p>a</p>tail</div>", "a\n\ntail"),
+    ("<li>stray item</li>", "- stray item"),
+    ("<p><!-- a comment --> text</p>", "text"),
+    ("", ""),
+    ("<p> </p><img src='x'>", ""),
+    ("plain text, no tags", "plain text, no tags"),
+]
+
+
+@pytest.mark.parametrize("config", [CleaningConfig(), UNICODE], ids=["ascii", "unicode"])
+@pytest.mark.parametrize(("html", "expected"), CASES_BOTH_MODES)
+def test_html_to_text_both_modes(html: str, expected: str, config: CleaningConfig) -> None:
+    assert html_to_text(html, config) == expected
+
+
+CASES_BY_MODE = [
+    # (html, expected ascii, expected unicode)
+    ("σ α Ω μ", "&sigma; &alpha; &Omega; &mu;", "σ α Ω μ"),
+    ("café naïve Ångström", "cafe naive Angstrom", "café naïve Ångström"),
+    ("cafe\u0301", "cafe", "cafe\u0301"),  # decomposed accent
+    ("Straße, æ, ø, ł", "Strasse, ae, o, l", "Straße, æ, ø, ł"),
+    ("2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b", "2x3 <= 7 >= 1 != 0 +/-1 a->b", "2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b"),
+    ("x² ½ ¹", "x&sup2; &frac12; &sup1;", "x² ½ ¹"),  # not "x2": superscripts keep their meaning
+    ("ﬁne Ａ", "fine A", "ﬁne Ａ"),
+    ("😀 ∑ 中", "&#128512; &sum; &#20013;", "😀 ∑ 中"),
+    ("&sigma;&amp;&lt;", "&sigma;&<", "σ&<"),
+    ("«quoted»", '"quoted"', '"quoted"'),
+]
+
+
+@pytest.mark.parametrize(("html", "ascii_expected", "unicode_expected"), CASES_BY_MODE)
+def test_html_to_text_normalization(html: str, ascii_expected: str, unicode_expected: str) -> None:
+    assert html_to_text(html) == ascii_expected
+    assert html_to_text(html, UNICODE) == unicode_expected
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "expected", "changed"),
+    [
+        ("plain ascii", "ascii", "plain ascii", 0),
+        ("é and σ", "ascii", "e and &sigma;", 2),
+        ("é and σ", "unicode", "é and σ", 0),
+        ("\u201cq\u201d", "unicode", '"q"', 2),
+        ("tab\tand\nnewline stay", "ascii", "tab\tand\nnewline stay", 0),
+        ("ctl\x01", "unicode", "ctl", 1),
+    ],
+)
+def test_normalize_chars(text: str, mode: str, expected: str, changed: int) -> None:
+    assert normalize_chars(text, mode) == (expected, changed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("html", "expected"),
+    [
+        ("<pre><code>x = 1</code></pre>", True),
+        ('<pre class="lang-r prettyprint-override"><code>x</code></pre>', True),
+        ("<PRE>x</PRE>", True),
+        ("<p>text</p><pre>\n</pre>", True),
+        ("<p>inline <code>x</code> only</p>", False),
+        ("<p>&lt;pre&gt; is escaped</p>", False),
+        ('<p title="<pre>">attribute only</p>', False),
+        ("<p>preformatted <prelude>is not pre</prelude></p>", False),
+        ("", False),
+    ],
+)
+def test_has_code_block(html: str, expected: bool) -> None:
+    assert has_code_block(html) is expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs, licences and batches
+
+
+def test_clean_pair_kept_with_title() -> None:
+    result = clean_pair("Why is \u201cp < 0.05\u201d special?", f"<p>{LONG}</p>", f"<p>{LONG} Really.</p>")
+    assert result.kept and result.dropped_reason is None
+    assert result.title == 'Why is "p < 0.05" special?'
+    assert result.question == f'Why is "p < 0.05" special?\n\n{LONG}'
+    assert result.answer == f"{LONG} Really."
+    assert result.changed_by == {"notices_removed": 0, "chars_normalized": 0, "elements_dropped": 0, "images_dropped": 0}
+
+
+def test_clean_pair_without_title() -> None:
+    result = clean_pair("A title", f"<p>{LONG}</p>", f"<p>{LONG}</p>", CleaningConfig(include_title=False))
+    assert result.question == LONG
+
+
+@pytest.mark.parametrize(
+    ("question_html", "answer_html", "config", "reason"),
+    [
+        (f"<p>{LONG}</p><pre><code>x</code></pre>", f"<p>{LONG}</p>", CleaningConfig(), "code_block"),
+        (f"<p>{LONG}</p>", f"<p>{LONG}</p><pre>x</pre>", CleaningConfig(), "code_block"),
+        ("<p> </p>", f"<p>{LONG}</p>", CleaningConfig(), "empty"),
+        (f"<p>{LONG}</p>", "<img src='only-an-image.png'>", CleaningConfig(), "empty"),
+        (f"<p>{LONG}</p>", "<p>Yes.</p>", CleaningConfig(), "too_short"),
+        ("<p>Why?</p>", f"<p>{LONG}</p>", CleaningConfig(), "too_short"),
+        ("<p>Why?</p>", "<p>Yes.</p>", CleaningConfig(min_question_chars=0, min_answer_chars=0), None),
+        (f"<p>{LONG}</p>", "<p>Yes.</p>", CleaningConfig(min_answer_chars=4), None),
+    ],
+)
+def test_clean_pair_drops(question_html: str, answer_html: str, config: CleaningConfig, reason: str | None) -> None:
+    result = clean_pair("A long enough title", question_html, answer_html, config)
+    assert result.dropped_reason == reason
+    assert result.kept is (reason is None)
+    if reason is not None:
+        assert result.question is None and result.answer is None
+
+
+def test_clean_pair_counts_changes() -> None:
+    question = f'<aside class="s-notice">Closed.</aside><p>{LONG} σ</p><script>x()</script>'
+    answer = f"<p>{LONG} \u2014 done <img src='a.png'></p>"
+    result = clean_pair("T", question, answer)
+    assert result.changed_by == {"notices_removed": 1, "chars_normalized": 2, "elements_dropped": 1, "images_dropped": 1}
+
+
+@pytest.mark.parametrize(
+    ("content_license", "creation_date", "expected"),
+    [
+        ("CC BY-SA 4.0", 0, "CC BY-SA 4.0"),
+        (None, 1279569586, "CC BY-SA 2.5"),  # 2010-07-19, CV's first posts
+        (None, 1302220799, "CC BY-SA 2.5"),
+        (None, 1302220800, "CC BY-SA 3.0"),  # 2011-04-08 00:00 UTC
+        (None, 1525219199, "CC BY-SA 3.0"),
+        (None, 1525219200, "CC BY-SA 4.0"),  # 2018-05-02 00:00 UTC
+        ("  ", 1525219200, "CC BY-SA 4.0"),
+        (None, None, "unknown"),
+        ("", None, "unknown"),
+    ],
+)
+def test_infer_license(content_license: str | None, creation_date: int | None, expected: str) -> None:
+    assert infer_license(content_license, creation_date) == expected
+
+
+def _question(qid: int, body: str = f"<p>{LONG}</p>", answer: str | None = f"<p>{LONG}</p>", **kw) -> RawQuestion:
+    top = None if answer is None else RawAnswer(answer_id=qid * 10, score=3, body_html=answer, content_license="CC BY-SA 4.0")
+    fields = dict(question_id=qid, rank=qid, title=f"Question number {qid}", body_html=body, score=100 - qid,
+                  tags=["r", "regression"], link=f"https://stats.stackexchange.com/q/{qid}", top_answer=top)
+    fields.update(kw)
+    return RawQuestion(**fields)
+
+
+def _assert_counts_add_up(counts: dict[str, int]) -> None:
+    assert set(counts) == set(COUNT_KEYS)
+    drops = ("no_answer", "dropped_duplicate", "dropped_code_block", "dropped_empty", "dropped_too_short",
+             "dropped_duplicate_text", "kept")
+    assert counts["input"] == sum(counts[k] for k in drops)
+
+
+def test_clean_batch_rows_and_counts() -> None:
+    questions = [
+        _question(1, creation_date=1279569586),
+        _question(1),  # same id again
+        _question(2, answer=None),
+        _question(3, body=f"<p>{LONG}</p><pre>code</pre>"),
+        _question(4, answer="<p></p>"),
+        _question(5, answer="<p>short</p>"),
+        _question(6, body=f'<div class="js-post-notice">Closed</div><p>{LONG} é</p>', content_license="CC BY-SA 3.0"),
+        _question(7, title="Question number 6", body=f"<p>{LONG} e</p>"),  # same text as 6 after cleaning
+        _question(8, answer=None, answers=[RawAnswer(answer_id=81, score=1, body_html=f"<p>{LONG}</p>"),
+                                           RawAnswer(answer_id=82, score=5, body_html=f"<p>{LONG} Best.</p>")]),
+    ]
+    rows, counts = clean_batch(questions, CleaningConfig())
+    assert counts == {
+        "input": 9, "no_answer": 1, "dropped_duplicate": 1, "dropped_code_block": 1, "dropped_empty": 1,
+        "dropped_too_short": 1, "dropped_duplicate_text": 1, "kept": 3, "notices_removed": 1,
+        "chars_normalized": 1, "pairs_normalized": 1, "elements_dropped": 0, "images_dropped": 0,
+    }
+    _assert_counts_add_up(counts)
+    assert [r["question_id"] for r in rows] == [1, 6, 8]
+    first = rows[0]
+    assert first == {
+        "question_id": 1, "answer_id": 10, "accepted_answer_id": None, "rank": 1, "question_score": 99,
+        "answer_score": 3, "tags": ["r", "regression"], "title": "Question number 1",
+        "question": f"Question number 1\n\n{LONG}", "answer": LONG, "link": "https://stats.stackexchange.com/q/1",
+        "license": "CC BY-SA 2.5", "answer_license": "CC BY-SA 4.0", "creation_date": 1279569586,
+    }
+    assert rows[1]["license"] == "CC BY-SA 3.0" and rows[1]["question"].endswith(f"{LONG} e")
+    assert rows[2]["answer_id"] == 82 and rows[2]["license"] == "unknown"
+
+
+def test_clean_batch_empty() -> None:
+    rows, counts = clean_batch([], CleaningConfig())
+    assert rows == [] and counts == dict.fromkeys(COUNT_KEYS, 0)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="normalization"):
+        CleaningConfig(normalization="latin1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_answer_chars"):
+        CleaningConfig(min_answer_chars=-1)
+    with pytest.raises(ValueError, match="extra"):
+        CleaningConfig(min_chars=3)  # type: ignore[call-arg]
+    assert all(f.description for f in CleaningConfig.model_fields.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: never raises, never leaves markup, bounded time (hypothesis deadline)
+
+HOSTILE = settings(
+    max_examples=150, deadline=timedelta(seconds=3), suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+_TAGS = ["p", "div", "span", "ul", "ol", "li", "table", "tr", "td", "th", "pre", "code", "b", "i", "a", "em",
+         "blockquote", "h1", "h3", "sup", "sub", "s", "strike", "br", "hr", "img", "script", "style", "aside", "svg",
+         "math", "template", "textarea", "title", "select", "option", "noscript", "iframe", "xmp", "body", "html",
+         "head", "table", "caption", "dl", "dd", "frameset", "form", "button", "listing"]
+_ATTR_VALUES = st.sampled_from(['"s-notice"', "'x y'", "post-notice", '"a>b"', '""', '"<p>"', '"&amp;"'])
+_ENTITIES = sorted(
+    name for name, value in html_lib.entities.html5.items() if "<" not in value and name.endswith(";")
+)
+_SAFE_TEXT = st.text(st.characters(blacklist_characters="<&", blacklist_categories=("Cs",)), max_size=30)
+
+
+@st.composite
+def _token(draw: st.DrawFn) -> str:
+    kind = draw(st.integers(0, 5))
+    tag = draw(st.sampled_from(_TAGS))
+    if kind == 0:
+        attr = draw(st.one_of(st.just(""), _ATTR_VALUES.map(lambda v: f" class={v}")))
+        return f"<{tag}{attr}>"
+    if kind == 1:
+        return f"</{tag}>"
+    if kind == 2:
+        return draw(_SAFE_TEXT)
+    if kind == 3:
+        return "&" + draw(st.sampled_from(_ENTITIES))
+    if kind == 4:
+        cp = draw(st.integers(0, 0x10FFFF + 10).filter(lambda n: n != 60))
+        return draw(st.sampled_from([f"&#{cp};", f"&#x{cp:x};", f"&#{cp}"]))
+    return draw(st.sampled_from(["<!-- c -->", "<!DOCTYPE html>", "<![CDATA[x]]>", "&" + "a" * 300 + ";", "<br/>"]))
+
+
+_TAG_SOUP = st.lists(_token(), max_size=40).map("".join)
+_MARKUP = re.compile(r"<[a-zA-Z/!?]")
+
+
+@HOSTILE
+@given(_TAG_SOUP, st.sampled_from(["ascii", "unicode"]))
+def test_tag_soup_leaves_no_markup(html: str, mode: str) -> None:
+    text = html_to_text(html, CleaningConfig(normalization=mode))  # type: ignore[arg-type]
+    assert not _MARKUP.search(text)
+    assert text == text.strip()
+    assert "\n\n\n" not in text and "\x00" not in text
+    if mode == "ascii":
+        assert text.isascii()
+    text.encode("utf-8")  # no lone surrogates: the text must survive Parquet/JSON
+
+
+@HOSTILE
+@given(_TAG_SOUP, _TAG_SOUP)
+def test_notice_and_script_text_never_survive(before: str, after: str) -> None:
+    html = f'{before}<aside class="s-notice">NOTICEXYZ</aside><script>SCRIPTXYZ</script><style>STYLEXYZ</style>{after}'
+    text = html_to_text(html)
+    for secret in ("NOTICEXYZ", "SCRIPTXYZ", "STYLEXYZ"):
+        assert secret not in text
+
+
+@HOSTILE
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_raises(html: str) -> None:
+    for config in (CleaningConfig(), UNICODE):
+        text = html_to_text(html, config)
+        assert text == text.strip()
+        text.encode("utf-8")
+    has_code_block(html)
+    clean_pair(html, html, html, UNICODE)
+
+
+@HOSTILE
+@given(st.binary(max_size=300))
+def test_invalid_utf8_never_raises(raw: bytes) -> None:
+    html = raw.decode("utf-8", errors="surrogateescape")
+    text = html_to_text(html)
+    assert text.isascii()
+    html_to_text(html, UNICODE).encode("utf-8")
+    assert clean_title(html, UNICODE).encode("utf-8") is not None
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<div>" * 10_000 + "deep" + "</div>" * 10_000,
+        "<ul><li>" * 10_000 + "deep",
+        "<b><i>" * 10_000 + "deep",
+        '<ol start="2"><li>a' * 900,
+        "<table><tr><td>" * 3_000 + "deep",
+        "&" + "a" * 200_000 + ";",
+        "&#99999999999999999999;&#x110000;&#0;&#xD800;" * 1_000,
+        "<br>" * 20_000,
+        "$$ a" * 20_000,
+        '<ol start="' + "9" * 5_000 + '"><li>x</li></ol>',
+        "\x00<p>\x00P\x00X</p>" * 1_000,
+        "<frameset><frame></frameset>",
+        "<script>" + "x" * 100_000,
+    ],
+    ids=["div10k", "ul-li10k", "b-i10k", "ol900", "table3k", "huge-entity", "bad-numeric", "br20k", "dollars",
+         "huge-start", "nul", "frameset", "unclosed-script"],
+)
+def test_hostile_documents(html: str) -> None:
+    text = html_to_text(html)
+    assert not _MARKUP.search(text)
+    assert text.isascii()
+    # Output stays linear in the input (list indentation is capped).
+    assert len(text) <= 8 * len(html) + 100

@@ -1,0 +1,144 @@
+"""The Dagster definitions: graph shape, partitions, pools, code versions, schedule, automation, k8s config."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cv_pipeline.defs.project import build_definitions
+from cv_pipeline.partitions import parse_partition_key, partition_keys
+from cv_pipeline.profiles import get_profile
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED_ASSETS = {
+    "raw_question_batches",
+    "cleaned_qa_pairs",
+    "chat_dataset",
+    "base_model",
+    "lora_adapter_all_pairs",
+    "lora_adapter_top_10k",
+    "adapter_evaluation",
+    "adapter_exports",
+}
+
+
+@pytest.fixture(scope="module")
+def defs(tmp_path_factory) -> dg.Definitions:
+    return build_definitions(get_profile("demo"), data_dir=tmp_path_factory.mktemp("data"))
+
+
+def _asset(defs, name):
+    return defs.resolve_assets_def(dg.AssetKey(name))
+
+
+def test_graph_has_every_asset_and_edge(defs):
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == EXPECTED_ASSETS
+    parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
+    assert parents("cleaned_qa_pairs") == {"raw_question_batches"}
+    assert parents("chat_dataset") == {"cleaned_qa_pairs"}
+    assert parents("lora_adapter_top_10k") == {"chat_dataset", "base_model"}
+    assert parents("adapter_evaluation") >= {"lora_adapter_all_pairs", "lora_adapter_top_10k", "base_model"}
+
+
+def test_partitions_are_5000_question_ranges(defs):
+    keys = _asset(defs, "raw_question_batches").partitions_def.get_partition_keys()
+    assert keys == partition_keys() and len(keys) == 8
+    assert keys[0] == "00000-04999" and keys[-1] == "35000-39999"
+    assert _asset(defs, "cleaned_qa_pairs").partitions_def == _asset(defs, "raw_question_batches").partitions_def
+
+
+@pytest.mark.parametrize("bad", ["40000-44999", "0-4999", "", "00000-05000"])
+def test_partition_key_outside_the_range_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="pick one of those"):
+        parse_partition_key(bad)
+
+
+@pytest.mark.parametrize(
+    "asset, pool",
+    [
+        ("raw_question_batches", "stackexchange_api"),
+        ("lora_adapter_all_pairs", "gpu"),
+        ("lora_adapter_top_10k", "gpu"),
+        ("adapter_evaluation", "gpu"),
+    ],
+)
+def test_pools(defs, asset, pool):
+    assert _asset(defs, asset).node_def.pool == pool
+
+
+def test_deterministic_assets_have_code_versions(defs):
+    for name in EXPECTED_ASSETS - {"raw_question_batches"}:  # collection reads a live site: not deterministic
+        assert _asset(defs, name).code_versions_by_key[dg.AssetKey(name)], name
+
+
+def test_adapters_are_not_retrained_automatically_unless_opted_in(defs):
+    for name in ("lora_adapter_all_pairs", "lora_adapter_top_10k"):
+        assert _asset(defs, name).automation_conditions_by_key.get(dg.AssetKey(name)) is None
+    opted = build_definitions(get_profile("demo").model_copy(update={"auto_retrain": True}))
+    cond = opted.resolve_assets_def(dg.AssetKey("lora_adapter_top_10k")).automation_conditions_by_key[dg.AssetKey("lora_adapter_top_10k")]
+    assert cond is not None and cond.get_label() == "retrain_on_new_data"
+
+
+def test_weekly_schedule_requests_every_partition(defs):
+    schedule = defs.resolve_schedule_def("weekly_rescrape")
+    assert schedule.cron_schedule == "0 3 * * 1"
+    when = dt.datetime(2026, 11, 30, 3, tzinfo=dt.timezone.utc)
+    ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+    requests = list(schedule.evaluate_tick(ctx).run_requests)
+    assert [r.partition_key for r in requests] == get_profile("demo").demo_partitions
+    assert len({r.run_key for r in requests}) == len(requests)
+    full_defs = build_definitions(get_profile("full"))
+    full_ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=full_defs.get_repository_def())
+    assert len(list(full_defs.resolve_schedule_def("weekly_rescrape").evaluate_tick(full_ctx).run_requests)) == 8
+
+
+def test_secrets_are_bound_as_env_vars_not_values(monkeypatch):
+    monkeypatch.setenv("STACKEXCHANGE_KEY", "k3y-s3cret-value")
+    defs = build_definitions(get_profile("full"))
+    se = defs.resources["stackexchange"]
+    assert isinstance(se.key, dg.EnvVar) and se.key.env_var_name == "STACKEXCHANGE_KEY"
+    assert "k3y-s3cret-value" not in repr(se) and "k3y-s3cret-value" not in str(defs.resources)
+    assert se.access_token is None
+
+
+def test_instance_yaml_is_valid_and_pools_limited_to_one(tmp_path):
+    from dagster._core.instance.config import dagster_instance_config
+
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_retries"]["enabled"] is True
+
+
+def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch):
+    """The k8s instance config validates against dagster-k8s/dagster-postgres, and GPU steps request GPUs."""
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._serdes import class_from_code_pointer
+    from dagster._config import validate_config
+
+    (tmp_path / "dagster.yaml").write_text((REPO / "deploy" / "k8s" / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))
+    launcher = config["run_launcher"]
+    cls = class_from_code_pointer(launcher["module"], launcher["class"])
+    assert cls.__name__ == "K8sRunLauncher"
+    result = validate_config(cls.config_type(), launcher["config"])
+    assert result.success, result.errors
+    storage = config["storage"]["postgres"]
+    from dagster_postgres import PostgresRunStorage
+
+    assert validate_config(PostgresRunStorage.config_type(), storage).success
+
+    monkeypatch.setenv("CV_PIPELINE_EXECUTOR", "k8s")
+    defs = build_definitions(get_profile("full"))
+    job = defs.resolve_job_def("train_and_evaluate")
+    assert job.executor_def.name == "k8s"
+    for name in ("lora_adapter_top_10k", "adapter_evaluation"):
+        tags = defs.resolve_assets_def(dg.AssetKey(name)).node_def.tags
+        assert '"nvidia.com/gpu": "1"' in tags["dagster-k8s/config"] or tags["dagster-k8s/config"]["container_config"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    collect_tags = defs.resolve_assets_def(dg.AssetKey("raw_question_batches")).node_def.tags
+    assert "nvidia.com/gpu" not in str(collect_tags)

