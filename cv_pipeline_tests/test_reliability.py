@@ -1,0 +1,177 @@
+"""Faults, crashes and secrets across the whole pipeline (issue: reliability and security)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cv_pipeline.defs.collection.assets import raw_question_batches
+from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
+from cv_pipeline.sources.sample_site import SampleSite
+
+PARTITION = "00000-04999"
+SECRET_KEY = "sEcReT-kEy-0123456789"
+SECRET_TOKEN = "tOkEn-ABCDEF-987654321"
+
+
+def _scan_for_secrets(root: Path) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if SECRET_KEY.encode() in data or SECRET_TOKEN.encode() in data:
+                hits.append(str(path))
+    return hits
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["accepted-secrets", "rejected-key"])
+def test_secrets_appear_in_no_log_metadata_config_file_or_error(tmp_path, monkeypatch, caplog, valid):
+    monkeypatch.setenv("STACKEXCHANGE_KEY", SECRET_KEY)
+    monkeypatch.setenv("STACKEXCHANGE_ACCESS_TOKEN", SECRET_TOKEN)
+    caplog.set_level(logging.DEBUG)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = [SECRET_KEY] if valid else ["some-other-key"]
+    with SampleSite(n_questions=250, valid_keys=keys, valid_access_tokens=[SECRET_TOKEN]) as site:
+        result = dg.materialize(
+            [raw_question_batches],
+            partition_key=PARTITION,
+            instance=instance,
+            resources={
+                "stackexchange": StackExchangeResource(
+                    source="api", api_base_url=site.base_url,
+                    key=dg.EnvVar("STACKEXCHANGE_KEY"), access_token=dg.EnvVar("STACKEXCHANGE_ACCESS_TOKEN"),
+                ),
+                "data_dir": DataDirResource(path=str(tmp_path)),
+            },
+            raise_on_error=False,
+        )
+        # the secrets did reach the server (so the test would notice a leak if one happened)
+        assert site.requests > 0
+    assert result.success is valid
+    events = instance.all_logs(result.run_id)
+    assert events, "the run logged nothing"
+    for record in events:
+        text = str(record)
+        assert SECRET_KEY not in text and SECRET_TOKEN not in text
+    run = instance.get_run_by_id(result.run_id)
+    assert SECRET_KEY not in json.dumps(run.run_config, default=str)
+    for rec in caplog.records:
+        assert SECRET_KEY not in rec.getMessage() and SECRET_TOKEN not in rec.getMessage()
+    assert _scan_for_secrets(tmp_path) == []
+    if not valid:
+        error = str(result.get_step_failure_events()[0].step_failure_data.error)
+        assert "key" in error.lower() and SECRET_KEY not in error and "some-other-key" not in error
+
+
+COLLECT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+    from cv_pipeline.sources.api import StackExchangeAPISource
+    url, out = sys.argv[1], Path(sys.argv[2])
+    with StackExchangeAPISource(base_url=url) as src:
+        collect_batch(src, RankRange(0, 5000), out / "batch.json", out / "ck")
+    """
+)
+
+
+def test_collection_killed_mid_partition_loses_nothing_and_resumes(tmp_path):
+    from cv_pipeline.collection import collect_batch, load_batch
+    from cv_pipeline.partitions import RankRange
+    from cv_pipeline.sources.api import StackExchangeAPISource
+
+    with SampleSite(n_questions=1_500, seed=5) as site:
+        site.faults.update(slow_seconds=0.3)
+        proc = subprocess.Popen([sys.executable, "-c", COLLECT_SCRIPT, site.base_url, str(tmp_path)])
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "ck").glob("page-*.json"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saved = sorted((tmp_path / "ck").glob("page-*.json"))
+        assert len(saved) >= 4
+        assert not (tmp_path / "batch.json").exists()
+        for page in saved:  # every checkpoint on disk is complete JSON
+            json.loads(page.read_text())
+        site.faults.update(slow_seconds=0.0)
+        before = site.requests
+        with StackExchangeAPISource(base_url=site.base_url) as src:
+            batch = collect_batch(src, RankRange(0, 5000), tmp_path / "batch.json", tmp_path / "ck")
+        assert site.requests - before <= 1 + 15 - len(saved)
+    assert batch.stats.pages_resumed >= len(saved)
+    ids = [q.question_id for q in load_batch(tmp_path / "batch.json").questions]
+    assert len(ids) == 1_500 == len(set(ids))
+
+
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import pyarrow as pa, pyarrow.parquet as pq
+    from cv_pipeline.atomic import atomic_path
+    target, n = sys.argv[1], int(sys.argv[2])
+    rows = [{"question_id": i, "text": "x" * 200 + str(n)} for i in range(200_000)]
+    while True:  # keep rewriting until killed
+        with atomic_path(target, suffix=".parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after_s", [0.3, 0.9, 1.7])
+def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, kill_after_s):
+    target = tmp_path / "pairs.parquet"
+    old = [{"question_id": -1, "text": "old good version"}]
+    pq.write_table(pa.Table.from_pylist(old), target)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(target), "7"])
+    time.sleep(kill_after_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    table = pq.read_table(target).to_pylist()  # must parse: never a torn file
+    assert table == old or (len(table) == 200_000 and table[-1]["text"].endswith("7"))
+    # the temporary file a killed writer leaves is hidden and never mistaken for output
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["pairs.parquet"]
+
+
+def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_path):
+    from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import get_profile
+
+    # A cleaned partition with a pair whose answer is only whitespace: the roles check must block.
+    rows = [
+        {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
+         "tags": ["t"], "question": f"What is question {q} about variance?",
+         "answer": "   " if q == 3 else f"Answer {q}.", "link": f"https://stats.stackexchange.com/q/{q}",
+         "license": "CC BY-SA 4.0"}
+        for q in range(1, 60)
+    ]
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    defs = build_definitions(get_profile("demo"), data_dir=tmp_path)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection="chat_dataset lora_adapter_all_pairs lora_adapter_top_10k".split(),
+        resources=defs.resources,
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["chat_roles_alternate"] is False
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"chat_dataset"}
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert not any(key.startswith("lora_adapter") for key in started), started
+    assert not (tmp_path / "adapters" / "all_pairs" / "adapter").exists()
+    assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
