@@ -61,7 +61,8 @@ def test_golden(realdata: Path, golden_name: str) -> None:
 
 
 def _post_body_of_closed_page(realdata: Path) -> str:
-    page = (realdata / "pages" / "question_page_fragment_stackoverflow_49345858_closed.html").read_text(encoding="utf-8")
+    page_file = realdata / "pages" / "question_page_fragment_stackoverflow_49345858_closed.html"
+    page = page_file.read_text(encoding="utf-8")
     body = LexborHTMLParser(page).css_first("div.js-post-body")
     assert body is not None, "the page fragment should hold the post body div"
     return body.inner_html
@@ -134,9 +135,10 @@ def test_real_batch_counts(realdata: Path) -> None:
     assert counts["dropped_code_block"] == with_pre
     assert counts["kept"] == len(rows) > 20
     _assert_counts_add_up(counts)
+    titles = {q.question_id: q.title for q in questions}
     for row in rows:
         assert row["license"] == "unknown"  # no licence and no creation date given above
-        assert row["question"].startswith(clean_title(next(q.title for q in questions if q.question_id == row["question_id"])))
+        assert row["question"].startswith(clean_title(titles[row["question_id"]]) + "\n\n")
         assert row["question"].isascii() and row["answer"].isascii()
 
 
@@ -273,7 +275,9 @@ def test_clean_pair_kept_with_title() -> None:
     assert result.title == 'Why is "p < 0.05" special?'
     assert result.question == f'Why is "p < 0.05" special?\n\n{LONG}'
     assert result.answer == f"{LONG} Really."
-    assert result.changed_by == {"notices_removed": 0, "chars_normalized": 0, "elements_dropped": 0, "images_dropped": 0}
+    assert result.changed_by == dict.fromkeys(
+        ("notices_removed", "chars_normalized", "elements_dropped", "images_dropped"), 0
+    )
 
 
 def test_clean_pair_without_title() -> None:
@@ -306,7 +310,9 @@ def test_clean_pair_counts_changes() -> None:
     question = f'<aside class="s-notice">Closed.</aside><p>{LONG} σ</p><script>x()</script>'
     answer = f"<p>{LONG} \u2014 done <img src='a.png'></p>"
     result = clean_pair("T", question, answer)
-    assert result.changed_by == {"notices_removed": 1, "chars_normalized": 2, "elements_dropped": 1, "images_dropped": 1}
+    assert result.changed_by == {
+        "notices_removed": 1, "chars_normalized": 2, "elements_dropped": 1, "images_dropped": 1
+    }
 
 
 @pytest.mark.parametrize(
@@ -328,7 +334,9 @@ def test_infer_license(content_license: str | None, creation_date: int | None, e
 
 
 def _question(qid: int, body: str = f"<p>{LONG}</p>", answer: str | None = f"<p>{LONG}</p>", **kw) -> RawQuestion:
-    top = None if answer is None else RawAnswer(answer_id=qid * 10, score=3, body_html=answer, content_license="CC BY-SA 4.0")
+    top = None
+    if answer is not None:
+        top = RawAnswer(answer_id=qid * 10, score=3, body_html=answer, content_license="CC BY-SA 4.0")
     fields = dict(question_id=qid, rank=qid, title=f"Question number {qid}", body_html=body, score=100 - qid,
                   tags=["r", "regression"], link=f"https://stats.stackexchange.com/q/{qid}", top_answer=top)
     fields.update(kw)
@@ -497,3 +505,12 @@ def test_hostile_documents(html: str) -> None:
     assert text.isascii()
     # Output stays linear in the input (list indentation is capped).
     assert len(text) <= 8 * len(html) + 100
+
+
+def test_deep_input_fallback_keeps_the_rules() -> None:
+    """Bodies nested too deeply for the tree builder go through a linear fallback: same rules, less layout."""
+    deep = "<div>" * 3_000
+    text = html_to_text(deep + "<p>one</p><script>SECRET()</script><p>two &amp; \u03c3</p><!-- hidden -->")
+    assert text == "one\n\ntwo & &sigma;"
+    assert has_code_block(deep + "<pre>x</pre>")
+    assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")

@@ -1,11 +1,13 @@
 """The report's cleaning rules (DESIGN.md "Cleaning rules"), made explicit and counted.
 
-HTML to text in one pass that stays inside C as much as possible: lexbor parses the body, one
-`traverse()` over the elements drops unwanted subtrees and inserts tiny marker text nodes
-("\\x00" + a code letter) at block, list, table and line-break boundaries, `text()` concatenates
-everything in C, and a short Python loop over the markers lays out paragraphs, list items and
-table rows. NUL can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;`
-into U+FFFD, and we also strip NUL from the input first), so a marker cannot be forged by input.
+HTML to text in one pass that stays inside C as much as possible: lexbor parses the body (as
+the inner HTML of a reused container, see _Workspace), one `traverse()` over the elements marks
+notices and unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code
+letter) at block, list, table and line-break boundaries, `text()` concatenates everything in C,
+and a short Python loop over the markers lays out paragraphs, list items and table rows. NUL
+can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and
+we strip NUL from the input first), so input cannot forge a marker. Pathologically deep input
+goes to a linear-time fallback instead (see _too_deep).
 
 Decisions that the rules leave open, documented here and in the tests:
 - `<img>` becomes nothing: its alt text on Stack Exchange is almost always the editor's
@@ -32,8 +34,10 @@ Decisions that the rules leave open, documented here and in the tests:
 
 from __future__ import annotations
 
+import codecs
 import html as _html
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -133,7 +137,8 @@ def _entity(ch: str) -> str:
 
 def _is_removed_control(cp: int) -> bool:
     # C0 (except tab and newline, which whitespace handling deals with) and C1 controls, DEL.
-    return (cp < 0x20 and cp not in (0x09, 0x0A, 0x0D, 0x0C)) or 0x7F <= cp <= 0x9F or 0xD800 <= cp <= 0xDFFF
+    c0 = cp < 0x20 and cp not in (0x09, 0x0A, 0x0D, 0x0C)
+    return c0 or 0x7F <= cp <= 0x9F or 0xD800 <= cp <= 0xDFFF
 
 
 class _CharMap(dict):
@@ -162,28 +167,43 @@ class _CharMap(dict):
 
 
 _CHARMAPS = {"ascii": _CharMap(True), "unicode": _CharMap(False)}
-# The characters that may change, per mode. Matching them with a regex and replacing only those
-# keeps the common all-ASCII text on a C fast path (str.translate would visit every character).
-_CONTROLS = "\x01-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff"
-_CHANGING = {
-    "ascii": re.compile("[^\x00\t\n\r\x0c\x20-\x7e]"),
-    "unicode": re.compile("[" + _CONTROLS + re.escape("".join(_TYPOGRAPHIC)) + "]"),
-}
-
-
 _ASCII_CONTROLS = bytes([*range(1, 9), 0x0B, *range(0x0E, 0x20), 0x7F])
+# What may change in "unicode" mode. Replacing only regex matches keeps text on a C fast path
+# (str.translate with a mapping would call back into Python for every character).
+_UNICODE_CHANGING = re.compile(
+    "[\x01-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff" + re.escape("".join(_TYPOGRAPHIC)) + "]"
+)
+
+
+def _ascii_replacement(exc: UnicodeError) -> tuple[str, int]:
+    # A codec error handler: the encoder scans ASCII runs in C and calls this only for the rest.
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    charmap = _CHARMAPS["ascii"]
+    return "".join([charmap[ch] for ch in exc.object[exc.start : exc.end]]), exc.end
+
+
+codecs.register_error("cv_pipeline.cleaner.ascii", _ascii_replacement)
 
 
 def normalize_chars(text: str, normalization: Literal["ascii", "unicode"] = "ascii") -> tuple[str, int]:
     """Apply rule 4 to plain text; returns the new text and how many characters changed."""
+    if normalization == "unicode":
+        if text.isascii():
+            raw = text.encode("ascii")
+            if len(raw.translate(None, _ASCII_CONTROLS)) == len(raw):
+                return text, 0
+        return _UNICODE_CHANGING.subn(_CHARMAPS["unicode"].replace, text)
     if text.isascii():
-        # The common case, kept in C: only control characters could change.
+        changed = 0
         raw = text.encode("ascii")
-        if len(raw.translate(None, _ASCII_CONTROLS)) == len(raw):
-            return text, 0
-    elif normalization == "ascii":
+    else:
         text = unicodedata.normalize("NFC", text)  # so that "e" + U+0301 is treated like "é"
-    return _CHANGING[normalization].subn(_CHARMAPS[normalization].replace, text)
+        changed = len(text) - len(text.encode("ascii", "ignore"))  # every non-ASCII character changes
+        raw = text.encode("ascii", "cv_pipeline.cleaner.ascii")
+    kept = raw.translate(None, _ASCII_CONTROLS)
+    changed += len(raw) - len(kept)
+    return (kept.decode("ascii") if changed else text), changed
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +219,18 @@ _DROP_TAGS = frozenset(
     "script style template noscript iframe noembed noframes object embed svg title textarea select "
     "button xmp plaintext".split()
 )
+# The markers each element gets before and after it (see _layout for what they mean).
+_AROUND: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(_BLOCK_TAGS, ("\x00P", "\x00P")),
+    "li": ("\x00I", "\x00i"),
+    "br": ("", "\x00B"),
+    **dict.fromkeys(("ul", "menu", "dir"), ("\x00U", "\x00E")),
+    "ol": ("", "\x00E"),  # its opening marker carries the start number
+    **dict.fromkeys(("td", "th"), ("\x00C", "")),
+    **dict.fromkeys(("tr", "caption"), ("\x00R", "")),
+    "table": ("\x00T", "\x00t"),
+    **dict.fromkeys(("pre", "listing"), ("\x00X", "\x00x")),
+}
 _WS = re.compile(r"[ \t\n\r\f]+")
 _PRE_TAG = re.compile(r"<pre[\s/>]", re.I)
 
@@ -213,70 +245,82 @@ class _Converted:
     chars_normalized: int = 0
 
 
-def _parse(html: str) -> LexborHTMLParser:
+class _Workspace(threading.local):
+    """One lexbor document per thread, reused for many bodies.
+
+    Creating a document costs more than parsing a typical body, so each body is parsed as the
+    inner HTML of one container <div> (an HTML fragment parse, as the site renders a body inside
+    its post <div>; unclosed tags cannot leak from one body into the next). Every parse leaves a
+    few KB in the document's memory arena, so a fresh document replaces it every _REUSE bodies.
+    """
+
+    parser: LexborHTMLParser | None = None
+    container: LexborNode | None = None
+    uses: int = 0
+
+
+_LOCAL = _Workspace()
+_REUSE = 256
+
+
+def _parse_into_container(html: str) -> LexborNode:
+    ws = _LOCAL
+    if ws.container is None or ws.uses >= _REUSE:
+        ws.parser = LexborHTMLParser("<div></div>")
+        ws.container = ws.parser.body.child
+        ws.uses = 0
+    ws.uses += 1
+    root = ws.container
     try:
-        return LexborHTMLParser(html)
+        root.inner_html = html
     except (UnicodeError, ValueError):
         # Lone surrogates (e.g. bytes decoded with errors="surrogateescape") cannot be UTF-8.
-        return LexborHTMLParser(html.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        root.inner_html = html.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return root
 
 
-def _mark(html: str, conv: _Converted) -> str | None:
+def _mark(html: str, conv: _Converted) -> str:
     """Parse, remove notices and dropped subtrees, insert markers; return the marked text."""
     if "\x00" in html:
         html = html.replace("\x00", "")
-    tree = _parse(html)
-    body = tree.body
-    if body is None:  # e.g. a <frameset> document: nothing a reader would see as text
-        return None
+    root = _parse_into_container(html)
+    nodes = root.traverse()
+    next(nodes)  # the container itself
     find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
     drop = []
-    for node in body.traverse():
+    for node in nodes:
         tag = node.tag
         if find_notices and _is_notice(node, tag):
             drop.append(node)
             conv.notices_removed += 1
-        elif tag in _BLOCK_TAGS:
-            node.insert_before("\x00P")
-            node.insert_after("\x00P")
-        elif tag == "li":
-            node.insert_before("\x00I")
-            node.insert_after("\x00i")
-        elif tag == "br":
-            node.insert_after("\x00B")
-        elif tag in ("ul", "ol", "menu", "dir"):
-            start = 1
+            continue
+        around = _AROUND.get(tag)
+        if around is not None:
+            before, after = around
             if tag == "ol":
-                value = node.attributes.get("start")
-                if value:
-                    try:
-                        start = max(-(10**9), min(10**9, int(value.strip())))
-                    except ValueError:
-                        start = 1
-                node.insert_before(f"\x00O{start};")
-            else:
-                node.insert_before("\x00U")
-            node.insert_after("\x00E")
-        elif tag in ("td", "th"):
-            node.insert_before("\x00C")
-        elif tag in ("tr", "caption"):
-            node.insert_before("\x00R")
-        elif tag == "table":
-            node.insert_before("\x00T")
-            node.insert_after("\x00t")
-        elif tag in ("pre", "listing"):
-            node.insert_before("\x00X")
-            node.insert_after("\x00x")
-        elif tag == "img":
-            conv.images_dropped += 1
+                before = f"\x00O{_ol_start(node)};"
+            if before:
+                node.insert_before(before)
+            if after:
+                node.insert_after(after)
         elif tag in _DROP_TAGS:
             drop.append(node)
             conv.elements_dropped += 1
+        elif tag == "img":
+            conv.images_dropped += 1
     # Reverse document order: a dropped node nested in another dropped node goes first, so no
     # node is ever decomposed after an ancestor has already freed it.
     for node in reversed(drop):
         node.decompose()
-    return body.text()
+    return root.text()
+
+
+def _ol_start(node: LexborNode) -> int:
+    value = node.attributes.get("start")
+    try:
+        return max(-(10**9), min(10**9, int(value.strip()))) if value else 1
+    except ValueError:
+        return 1
 
 
 def _is_notice(node: LexborNode, tag: str) -> bool:
@@ -303,6 +347,9 @@ def _squash(s: str) -> str:
     return s
 
 
+_SAME_AS_ONE = (("\x00P \x00P", "\x00P"), ("\x00P\x00P", "\x00P"), ("\x00i \x00I", "\x00I"), ("\x00i\x00I", "\x00I"))
+
+
 def _collapse(marked: str) -> str:
     """Whitespace runs become one space, except inside <pre> and $$...$$ spans."""
     if "\x00X" not in marked and "$$" not in marked:
@@ -311,7 +358,7 @@ def _collapse(marked: str) -> str:
         parts = _PROTECTED.split(marked)
         marked = "".join(p if i % 2 else _squash(p) for i, p in enumerate(parts))
     # Fewer pieces for the layout loop: back-to-back block ends and starts mean the same as one.
-    for pair, one in (("\x00P \x00P", "\x00P"), ("\x00P\x00P", "\x00P"), ("\x00i \x00I", "\x00I"), ("\x00i\x00I", "\x00I")):
+    for pair, one in _SAME_AS_ONE:
         if pair in marked:
             marked = marked.replace(pair, one)
     return marked
@@ -420,7 +467,9 @@ _MANY_TAGS = 2_000
 _MAX_DEPTH = 1_000
 _TAG_SCAN = re.compile(r"<(/?)([a-zA-Z][^\s/>]*)")
 # Void elements never nest; these close an open sibling of their own kind, so they do not deepen.
-_FLAT = frozenset("area base br col embed hr img input link meta source track wbr p li dt dd tr td th option".split())
+_FLAT = frozenset(
+    "area base br col embed hr img input link meta source track wbr p li dt dd tr td th option".split()
+)
 
 
 def _too_deep(html: str) -> bool:
@@ -437,9 +486,14 @@ def _too_deep(html: str) -> bool:
     return False
 
 
-_FB_DROP = re.compile(r"<(script|style|template|textarea|title|iframe|noscript|xmp|plaintext|noembed|noframes)\b.*?(?:</\1\s*>|$)", re.S | re.I)
+_FB_DROP = re.compile(
+    r"<(script|style|template|textarea|title|iframe|noscript|xmp|plaintext|noembed|noframes)\b.*?(?:</\1\s*>|$)",
+    re.S | re.I,
+)
 _FB_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
-_FB_BREAK = re.compile(r"<(?:/?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6]|pre|dl|dd|dt)|br|hr)\b[^>]*(?:>|$)", re.I)
+_FB_BREAK = re.compile(
+    r"<(?:/?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6]|pre|dl|dd|dt)|br|hr)\b[^>]*(?:>|$)", re.I
+)
 _FB_TAG = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|$)")
 
 
