@@ -35,7 +35,7 @@ CACHE = Path(os.environ.get("CV_PIPELINE_CACHE", Path.home() / ".cache" / "cv_pi
 QA = [
     ("What is a p-value?", "The probability, under the null hypothesis, of data at least as extreme as observed."),
     ("What does a confidence interval mean?", "A procedure that covers the true parameter in 95% of repeated samples."),
-    ("Why divide by n-1 in the sample variance?", "It makes the estimator unbiased: one degree of freedom is used by the mean."),
+    ("Why divide by n-1 in the sample variance?", "The mean uses up one degree of freedom."),
     ("What is overfitting?", "A model that fits noise in the training data and generalises poorly."),
     ("When is the median better than the mean?", "When the distribution is skewed or has outliers."),
     ("What is a type I error?", "Rejecting a true null hypothesis."),

@@ -4,7 +4,8 @@ HTML to text in one pass that stays inside C as much as possible: lexbor parses 
 the inner HTML of a reused container, see _Workspace), one `traverse()` over the elements marks
 notices and unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code
 letter) at block, list, table and line-break boundaries, `text()` concatenates everything in C,
-and a short Python loop over the markers lays out paragraphs, list items and table rows. NUL
+and a short Python loop over the markers lays out paragraphs, list items and table rows (bodies
+with paragraph-like blocks only, most of them, skip the loop: see _lay_out). NUL
 can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and
 we strip NUL from the input first), so input cannot forge a marker. Pathologically deep input
 goes to a linear-time fallback instead (see _too_deep).
@@ -333,15 +334,18 @@ def _is_notice(node: LexborNode, tag: str) -> bool:
 
 
 _PROTECTED = re.compile(r"(\x00X.*?\x00x|\$\$[^$\x00]+\$\$)", re.S)
+# The same without <pre> spans, for text that has none: a literal prefix the regex engine scans for fast.
+_DISPLAY_MATH = re.compile(r"(\$\$[^$\x00]+\$\$)")
 
 
 def _squash(s: str) -> str:
     # Plain str.replace is C-speed, several times faster than a regex substitution here; each
     # pass halves every run of spaces, so it stays O(n log n) even on hostile input.
     # (Other Unicode spaces and controls were already turned into " " or "" by normalize_chars.)
-    for ws in "\n\t\r\f":
-        if ws in s:
-            s = s.replace(ws, " ")
+    if "\n" in s:
+        s = s.replace("\n", " ")
+    if "\t" in s or "\r" in s or "\f" in s:
+        s = s.replace("\t", " ").replace("\r", " ").replace("\f", " ")
     while "  " in s:
         s = s.replace("  ", " ")
     return s
@@ -459,6 +463,25 @@ def _layout(marked: str) -> str:
     return "".join(out).strip()
 
 
+def _lay_out(marked: str) -> str:
+    """_layout(_collapse(marked)), with a shortcut for bodies made of paragraph-like blocks only.
+
+    Most bodies have no lists, tables, line breaks or <pre>: their only markers are block
+    boundaries. Then the layout is just "each block's text with whitespace runs collapsed
+    (outside $$...$$) and stripped, empty blocks skipped, the rest joined by blank lines", which
+    C-level str methods do without the per-piece Python loop of _layout. (A block's text can end
+    in whitespace only through a collapsed run, i.e. one space: a $$...$$ span ends in "$$".)
+    """
+    if marked.count(_M) != marked.count("\x00P"):
+        return _layout(_collapse(marked))
+    if "$$" in marked:
+        parts = _DISPLAY_MATH.split(marked)
+        marked = "".join([p if i % 2 else _squash(p) for i, p in enumerate(parts)])
+    else:
+        marked = _squash(marked)
+    return "\n\n".join([block for block in [p.strip(" ") for p in marked.split("\x00P")] if block])
+
+
 # The HTML tree-construction algorithm is quadratic in nesting depth (every start tag checks the
 # stack of open elements), so absurdly deep input (thousands of unclosed <li> or <div>) would
 # take seconds. Real post bodies nest a few dozen levels at most; beyond _MAX_DEPTH (estimated
@@ -522,7 +545,7 @@ def _convert(html: str, config: CleaningConfig) -> _Converted:
         return conv
     conv.has_pre = "\x00X" in marked
     marked, conv.chars_normalized = normalize_chars(marked, config.normalization)
-    conv.text = _layout(_collapse(marked))
+    conv.text = _lay_out(marked)
     return conv
 
 

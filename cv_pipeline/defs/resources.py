@@ -84,6 +84,11 @@ class GPUResource(dg.ConfigurableResource):
     load_in_4bit: bool = Field(True, description="4-bit QLoRA on CUDA (needs bitsandbytes); ignored on the CPU.")
 
     def info(self):
+        import dataclasses
+
         from cv_pipeline.training.device import detect_device
 
-        return detect_device(prefer=self.device, max_memory_gb=self.max_memory_gb, load_in_4bit=self.load_in_4bit)
+        found = detect_device(prefer=self.device, max_memory_gb=self.max_memory_gb)
+        if not self.load_in_4bit:  # 16-bit LoRA on the GPU when asked for
+            found = dataclasses.replace(found, four_bit_available=False)
+        return found

@@ -173,7 +173,8 @@ def check_adapter_shapes(model: torch.nn.Module, base_dir: Path, adapter_dir: Pa
                 layer = model.get_submodule(module_path)
             except AttributeError:
                 layer = None
-            want = None if layer is None else getattr(layer, "in_features" if ".lora_A." in key else "out_features", None)
+            side = "in_features" if ".lora_A." in key else "out_features"
+            want = None if layer is None else getattr(layer, side, None)
             have = shape[1] if ".lora_A." in key else shape[0]
             if layer is None or want != have:
                 raise AdapterMismatchError(
@@ -327,7 +328,10 @@ def teacher_forced_loss(
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:].to(device)
         token_loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="none", ignore_index=-100
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            reduction="none",
+            ignore_index=-100,
         ).view(shift_labels.shape)
         mask = shift_labels != -100
         for i, (qid, _, _) in enumerate(chunk):
@@ -339,7 +343,12 @@ def teacher_forced_loss(
     if total_tokens == 0:
         raise ValueError("teacher_forced_loss: no assistant tokens to score; check the rows' answers and max_len")
     mean = total_loss / total_tokens
-    return {"mean_loss": mean, "perplexity": metrics.perplexity(mean), "n_tokens": total_tokens, "per_example": per_example}
+    return {
+        "mean_loss": mean,
+        "perplexity": metrics.perplexity(mean),
+        "n_tokens": total_tokens,
+        "per_example": per_example,
+    }
 
 
 @torch.no_grad()
@@ -492,7 +501,8 @@ def evaluate_models(
         t0 = time.perf_counter()
         if label != BASE_MODEL_LABEL:
             adapter_dir = Path(adapters[label])
-            check_adapter_shapes(model.get_base_model() if isinstance(model, PeftModel) else model, Path(base_dir), adapter_dir)
+            plain = model.get_base_model() if isinstance(model, PeftModel) else model
+            check_adapter_shapes(plain, Path(base_dir), adapter_dir)
             if isinstance(model, PeftModel):
                 model.load_adapter(str(adapter_dir), adapter_name=label)
             else:

@@ -149,7 +149,9 @@ def write_gguf_adapter(base_config: dict[str, Any], adapter_dir: Path, target: P
     from safetensors.numpy import load_file
 
     if base_config.get("model_type") != "llama":
-        raise NotImplementedError(f"GGUF adapter export supports Llama models only, not {base_config.get('model_type')!r}")
+        raise NotImplementedError(
+            f"GGUF adapter export supports Llama models only, not {base_config.get('model_type')!r}"
+        )
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise NotImplementedError("per-layer rank/alpha patterns have no GGUF adapter equivalent")
@@ -242,7 +244,7 @@ def export_adapter(
             try:
                 n = write_gguf_adapter(base_config, adapter_dir, tmp / "adapter.gguf")
                 gguf_path = out / "adapter.gguf"
-                notes.append(f"adapter.gguf: {n} tensors, experimental (layout follows llama.cpp; not loaded by it here)")
+                notes.append(f"adapter.gguf: {n} tensors, experimental (llama.cpp layout; not loaded by llama.cpp here)")
             except NotImplementedError as exc:
                 notes.append(f"no GGUF adapter: {exc}")
         fmt = detect_chat_format(tok)

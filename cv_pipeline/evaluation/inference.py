@@ -35,12 +35,16 @@ def stream_answer(
         raise ValueError("the question is empty: pass the text of a question to answer")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    model, tok = _cached_model(str(Path(base_dir).resolve()), str(Path(adapter_dir).resolve()) if adapter_dir else None, device)
-    prompt = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    adapter_key = str(Path(adapter_dir).resolve()) if adapter_dir else None
+    model, tok = _cached_model(str(Path(base_dir).resolve()), adapter_key, device)
+    messages = [{"role": "user", "content": question}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     enc = tok(prompt, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
     stops = stop_token_ids(model, tok)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id, **sampling)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id, **sampling
+    )
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
 

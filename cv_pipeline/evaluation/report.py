@@ -80,8 +80,8 @@ def _plot_loss(results: Mapping[str, Any], target: Path) -> Path:
     ax = fig.subplots()
     bars = ax.bar(names, losses, color=["#888888"] + ["#3b7dd8"] * (len(names) - 1))
     for bar, n in zip(bars, names, strict=True):
-        ax.annotate(f"ppl {results['models'][n]['perplexity']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+        ax.annotate(f"ppl {results['models'][n]['perplexity']:.1f}", top, ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("mean token loss (nats)")
     ax.set_title("Held-out loss on assistant tokens (lower is better)")
     return _save_png(fig, target)
@@ -122,7 +122,8 @@ def _markdown(results: Mapping[str, Any], table: str, plots: Mapping[str, Path])
         "",
         f"Base model: `{results['base_model']}`; device: {results.get('device', '?')}; "
         f"{results.get('n_test_rows', '?')} test rows available, loss on up to {cfg.get('n_loss_examples', '?')}, "
-        f"answers to up to {cfg.get('n_generation_examples', '?')} (greedy, at most {cfg.get('max_new_tokens', '?')} new tokens).",
+        f"answers to up to {cfg.get('n_generation_examples', '?')} "
+        f"(greedy, at most {cfg.get('max_new_tokens', '?')} new tokens).",
         "",
         "Loss and perplexity are over assistant tokens only (token-weighted); ROUGE-L and cosine "
         "(all-MiniLM-L6-v2 embeddings) compare each generated answer with the top-voted answer. "
@@ -158,7 +159,8 @@ def _html(results: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     for entry in results["prompts"]:
         answers += f"<h3>{esc(entry['prompt'])}</h3><div class='side'>"
         answers += "".join(
-            f"<div><h4>{esc(name)}</h4><pre>{esc(ans or '(empty answer)')}</pre></div>" for name, ans in entry["answers"].items()
+            f"<div><h4>{esc(name)}</h4><pre>{esc(ans or '(empty answer)')}</pre></div>"
+            for name, ans in entry["answers"].items()
         )
         answers += "</div>"
     style = (

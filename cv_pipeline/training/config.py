@@ -33,7 +33,9 @@ class TrainingHyperparams(BaseModel):
 
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of the AdamW optimiser.")
     per_device_batch: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
-    grad_accum: int = Field(4, ge=1, description="Passes accumulated per optimiser step (effective batch = batch x this).")
+    grad_accum: int = Field(
+        4, ge=1, description="Passes accumulated per optimiser step (effective batch = batch x this)."
+    )
     epochs: float = Field(1.0, gt=0, description="Passes over the training split; ignored when max_steps is set.")
     max_steps: int | None = Field(
         None, ge=1, description="Cap on optimiser steps (the demo uses a small cap); None = run all epochs."
@@ -74,7 +76,9 @@ class AdapterSpec(BaseModel):
     subset: Literal["all", "top_10k"] = Field(
         description="'all' = the whole train split; 'top_10k' = the 10,000 highest-voted train pairs."
     )
-    epochs: float = Field(gt=0, description="Passes over the subset (the report's: 1 for all pairs, 3 for the top 10k).")
+    epochs: float = Field(
+        gt=0, description="Passes over the subset (the report's: 1 for all pairs, 3 for the top 10k)."
+    )
 
 
 ADAPTER_SPECS: dict[str, AdapterSpec] = {

@@ -96,7 +96,8 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_length: int
                 "the chat template does not render chats as growing prefixes, so prompt and answer tokens "
                 "cannot be told apart: use a standard instruct chat template"
             )
-        context = tokenizer(prompt[len(rendered) :], add_special_tokens=not rendered)["input_ids"]
+        # The template writes any BOS itself; letting the tokenizer add one too would double it.
+        context = tokenizer(prompt[len(rendered) :], add_special_tokens=False)["input_ids"]
         answer = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         learnt = len(answer)
         if eos_id is not None and eos_id in answer:
@@ -188,7 +189,8 @@ def train_adapter(
 
     torch.manual_seed(hparams.seed)
     four_bit = device.is_cuda and device.four_bit_available
-    say(f"loading {base.architecture} from {base_model_dir} on {device.device} ({'4-bit QLoRA' if four_bit else 'LoRA'})")
+    mode = "4-bit QLoRA" if four_bit else "LoRA"
+    say(f"loading {base.architecture} from {base_model_dir} on {device.device} ({mode})")
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(base_model_dir),
         max_seq_length=hparams.max_seq_length,
@@ -288,7 +290,9 @@ def train_adapter(
     return result
 
 
-def _sft_config(ckpt_dir: Path, hp: TrainingHyperparams, device: DeviceInfo, packing: bool, has_eval: bool) -> SFTConfig:
+def _sft_config(
+    ckpt_dir: Path, hp: TrainingHyperparams, device: DeviceInfo, packing: bool, has_eval: bool
+) -> SFTConfig:
     bf16 = device.is_cuda and device.bf16
     return SFTConfig(
         output_dir=str(ckpt_dir),

@@ -101,8 +101,10 @@ def _training_metadata(result, out_dir: Path) -> dict:
         "peak_memory_gb": round(result.peak_memory_gb, 3),
         "wall_time_s": round(result.wall_time_s, 1),
         "device": result.device,
-        "final_loss": round(result.final_loss, 4),
+        "final_loss": round(result.final_loss, 4) if result.final_loss is not None else float("nan"),
         "resumed_from_step": result.resumed_from_step or 0,
+        "train_examples": result.n_train_examples,
+        "dropped_examples": result.n_dropped_examples,
         "loss_curve": image(plot),
     }
 
