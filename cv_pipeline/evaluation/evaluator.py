@@ -6,13 +6,11 @@ library's patches, and the same code runs on a CPU for the demo and on a GPU for
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,37 +75,14 @@ def _dtype_for(device: torch.device) -> torch.dtype:
     return torch.float32  # CPU half precision is slow and lossy; the demo model is small
 
 
-def _fingerprint_files(base_dir: Path) -> list[Path]:
-    files = sorted(base_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(
-            f"base model folder {base_dir} has no *.safetensors weights; materialise the base_model asset first"
-        )
-    return [base_dir / "config.json", *files]
-
-
-@lru_cache(maxsize=8)
-def _hash_files(key: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _size, _mtime in key:
-        path = Path(name)
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def base_model_hash(base_dir: Path | str) -> str:
-    """sha256 over the base folder's config.json and every *.safetensors file (name + bytes, sorted).
+    """The base model's content hash, the same value training records as ``base_model_hash``.
 
-    This is the value a training run records as ``base_model_hash`` in ``training_summary.json``;
-    memoised per (path, size, mtime) because hashing a 3B model takes seconds.
+    One definition (``cv_pipeline.training.base_model``) so training and evaluation always agree.
     """
-    base_dir = Path(base_dir).resolve()
-    files = _fingerprint_files(base_dir)
-    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _hash_files(key)
+    from cv_pipeline.training.base_model import validate_model_dir
+
+    return validate_model_dir(Path(base_dir)).content_hash
 
 
 def _read_json(path: Path) -> dict[str, Any]:

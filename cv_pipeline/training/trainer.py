@@ -281,6 +281,8 @@ def train_adapter(
             **result.as_dict(),
             "adapter_path": None,
             "base_model": base.as_dict(),
+            # evaluation and export refuse this adapter on any other base (same hash function)
+            "base_model_hash": base.content_hash,
             "hparams": hparams.model_dump(),
             "lora": lora.model_dump(),
             "device_info": device.as_dict(),

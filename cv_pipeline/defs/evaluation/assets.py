@@ -36,30 +36,28 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
     def adapter_evaluation(context: dg.AssetExecutionContext, config: EvaluationSettings, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.curation.dataset import load_split
         from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
-        from cv_pipeline.evaluation.report import write_report
 
         device = gpu.info()
         test_rows = load_split(data_dir.sub("chat_dataset"), "test").to_list()
         adapter_dirs = {name: data_dir.sub("adapters", name) / "adapter" for name in ADAPTER_SPECS}
-        out_dir = data_dir.sub("evaluation")
-        cfg = EvalConfig(**config.model_dump())
-        results = evaluate_models(data_dir.sub("models") / "base", adapter_dirs, test_rows, REPORT_PROMPTS, cfg, out_dir,
-                                  device=device.device, log=context.log.info)
         curves = {}
-        for name in ADAPTER_SPECS:
-            summary = data_dir.sub("adapters", name) / "adapter" / "training_summary.json"
+        for name, adapter_dir in adapter_dirs.items():
+            summary = adapter_dir / "training_summary.json"
             if summary.exists():
                 curves[name] = json.loads(summary.read_text()).get("loss_history", [])
-        report = write_report(results, out_dir, training_curves=curves)
+        out_dir = data_dir.sub("evaluation")
+        results = evaluate_models(
+            data_dir.sub("models") / "base", adapter_dirs, test_rows, REPORT_PROMPTS,
+            EvalConfig(**config.model_dump()), out_dir, log=context.log, device=device.device, training_curves=curves,
+        )
+        files = results["artifacts"]
         metadata = {
-            "report": dg.MetadataValue.path(str(report.markdown)),
-            "report_html": dg.MetadataValue.path(str(report.html)),
-            "metrics": dg.MetadataValue.md(report.table_markdown),
+            "report": dg.MetadataValue.path(files["report_md"]),
+            "report_html": dg.MetadataValue.path(files["report_html"]),
+            "metrics": dg.MetadataValue.md(results["markdown_table"]),
         }
-        for name, png in report.plots.items():
-            metadata[f"plot/{name}"] = image(png)
-        for model, m in results["models"].items():
-            metadata[f"loss/{model}"] = round(m["loss"], 4)
+        metadata |= {f"plot/{k[5:]}": image(v) for k, v in files.items() if k.startswith("plot_")}
+        metadata |= {f"loss/{m}": round(v["loss"], 4) for m, v in results["models"].items()}
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=adapter_evaluation, description="Each adapter's held-out loss is below the base model's.")

@@ -1,0 +1,103 @@
+"""The whole graph through Dagster on a tiny corpus, then staleness after a cleaning change.
+
+Trains both adapters for a few steps on the CPU (SmolLM2-135M), so this module takes minutes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from cv_pipeline.defs.project import build_definitions
+from cv_pipeline.profiles import get_profile
+
+pytestmark = pytest.mark.slow
+
+PARTITION = "00000-04999"
+TINY = {
+    "ops": {
+        **{name: {"config": {"max_steps": 2, "max_seq_length": 128, "save_steps": 1}}
+           for name in ("lora_adapter_all_pairs", "lora_adapter_top_10k")},
+        "adapter_evaluation": {"config": {"n_loss_examples": 6, "n_generation_examples": 2, "max_new_tokens": 8}},
+        "chat_dataset": {"config": {"top_n": 100}},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    profile = get_profile("demo").model_copy(update={"sample_site_questions": 400})
+    defs = build_definitions(profile, data_dir=data)
+    instance = dg.DagsterInstance.ephemeral()
+    everything = [*defs.assets, *defs.asset_checks]
+    collect = dg.materialize(everything, selection="raw_question_batches cleaned_qa_pairs".split(),
+                             partition_key=PARTITION, resources=defs.resources, instance=instance)
+    rest = dg.materialize(everything, selection=dg.AssetSelection.all() - dg.AssetSelection.assets("raw_question_batches", "cleaned_qa_pairs"),
+                          resources=defs.resources, instance=instance, run_config=TINY)
+    return defs, instance, data, collect, rest
+
+
+def _md(result, asset):
+    [e] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in e.materialization.metadata.items()}
+
+
+def test_every_asset_materialises_and_every_check_passes(pipeline):
+    defs, _, data, collect, rest = pipeline
+    done = {e.asset_key.to_user_string() for r in (collect, rest) for e in r.get_asset_materialization_events()}
+    assert done == {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    checks = {c.check_name: c.passed for r in (collect, rest) for c in r.get_asset_check_evaluations()}
+    assert all(v for k, v in checks.items() if k != "adapters_beat_base"), checks  # 2 steps cannot promise that
+    assert {"chat_roles_alternate", "chat_splits_disjoint", "cleaned_has_no_markup"} <= set(checks)
+
+    adapter = _md(rest, "lora_adapter_top_10k")
+    assert adapter["steps"] == 2 and adapter["train_tokens"] > 0 and adapter["tokens_per_s"] > 0
+    assert adapter["loss_curve"].startswith("![loss.png](data:image/png;base64,")
+    assert (data / "adapters" / "top_10k" / "adapter" / "adapter_model.safetensors").exists()
+
+    metrics = json.loads((data / "evaluation" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"base", "all_pairs", "top_10k"}
+    ev = _md(rest, "adapter_evaluation")
+    assert ev["loss/base"] == pytest.approx(metrics["models"]["base"]["loss"], abs=1e-4)
+    assert (data / "evaluation" / "report.html").stat().st_size > 10_000  # plots embedded
+    for name in ("all_pairs", "top_10k"):
+        modelfile = (data / "exports" / name / "Modelfile").read_text()
+        assert "FROM" in modelfile and "ADAPTER" in modelfile
+
+
+def test_a_cleaning_change_marks_cleaning_and_everything_downstream_stale(pipeline):
+    defs, instance, *_ = pipeline
+    assets = list(defs.resolve_asset_graph().assets_defs)
+    fresh = get_stale_status_resolver(instance, assets)
+    assert fresh.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == dg.StaleStatus.FRESH
+    assert fresh.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.FRESH
+
+    bumped = [
+        a.map_asset_specs(lambda s: s.replace_attributes(code_version="cleaning-rules-changed"))
+        if a.key == dg.AssetKey("cleaned_qa_pairs") else a
+        for a in assets
+    ]
+    stale = get_stale_status_resolver(instance, bumped)
+    assert stale.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == dg.StaleStatus.STALE
+    causes = stale.get_stale_root_causes(dg.AssetKey("cleaned_qa_pairs"), PARTITION)
+    assert any("code version" in c.reason for c in causes)
+    # raw batches are upstream of the change and stay fresh
+    assert stale.get_status(dg.AssetKey("raw_question_batches"), PARTITION) == dg.StaleStatus.FRESH
+
+
+def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipeline):
+    defs, instance, *_ = pipeline
+    everything = [*defs.assets, *defs.asset_checks]
+    dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": TINY["ops"]["chat_dataset"]}})
+    resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == dg.StaleStatus.FRESH
+
+    # a real change of the data (a different top-N subset) does
+    dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": {"config": {"top_n": 50}}}})
+    resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.STALE
