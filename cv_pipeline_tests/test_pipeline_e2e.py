@@ -9,6 +9,7 @@ import json
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from cv_pipeline.defs.project import build_definitions
@@ -73,20 +74,20 @@ def test_a_cleaning_change_marks_cleaning_and_everything_downstream_stale(pipeli
     defs, instance, *_ = pipeline
     assets = list(defs.resolve_asset_graph().assets_defs)
     fresh = get_stale_status_resolver(instance, assets)
-    assert fresh.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == dg.StaleStatus.FRESH
-    assert fresh.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.FRESH
+    assert fresh.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == StaleStatus.FRESH
+    assert fresh.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
 
     bumped = [
         a.map_asset_specs(lambda s: s.replace_attributes(code_version="cleaning-rules-changed"))
-        if a.key == dg.AssetKey("cleaned_qa_pairs") else a
+        if dg.AssetKey("cleaned_qa_pairs") in a.keys else a
         for a in assets
     ]
     stale = get_stale_status_resolver(instance, bumped)
-    assert stale.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == dg.StaleStatus.STALE
+    assert stale.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == StaleStatus.STALE
     causes = stale.get_stale_root_causes(dg.AssetKey("cleaned_qa_pairs"), PARTITION)
     assert any("code version" in c.reason for c in causes)
     # raw batches are upstream of the change and stay fresh
-    assert stale.get_status(dg.AssetKey("raw_question_batches"), PARTITION) == dg.StaleStatus.FRESH
+    assert stale.get_status(dg.AssetKey("raw_question_batches"), PARTITION) == StaleStatus.FRESH
 
 
 def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipeline):
@@ -94,10 +95,22 @@ def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipe
     everything = [*defs.assets, *defs.asset_checks]
     dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": TINY["ops"]["chat_dataset"]}})
     resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
-    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.FRESH
-    assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == dg.StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
 
     # a real change of the data (a different top-N subset) does
     dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": {"config": {"top_n": 50}}}})
     resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
-    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == dg.StaleStatus.STALE
+    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.STALE
+
+
+def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monkeypatch, capsys):
+    from cv_pipeline import cli
+
+    _, _, data, *_ = pipeline
+    monkeypatch.setenv("CV_PIPELINE_DATA_DIR", str(data))
+    assert cli.main(["ask", "What is a p-value?", "--adapter", "top_10k", "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert len(answer.split()) >= 2
+    with pytest.raises(SystemExit, match="no adapter 'nonexistent'"):
+        cli.main(["ask", "What is a p-value?", "--adapter", "nonexistent"])
