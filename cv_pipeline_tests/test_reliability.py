@@ -175,3 +175,48 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
     assert not any(key.startswith("lora_adapter") for key in started), started
     assert not (tmp_path / "adapters" / "all_pairs" / "adapter").exists()
     assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
+
+
+def test_throttled_with_backoff_several_times_then_the_batch_completes(tmp_path):
+    """Scenario 1: `throttle_violation` carrying `backoff`, three times; the client waits each one out."""
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+    from cv_pipeline.sources.api import StackExchangeAPISource
+    from cv_pipeline.sources.ratelimit import FakeClock
+    from cv_pipeline.sources.sample_site import Faults
+
+    clock = FakeClock()
+    with SampleSite(n_questions=300, clock=clock.now, faults=Faults(throttle_next=3, throttle_backoff=7)) as site:
+        with StackExchangeAPISource(base_url=site.base_url, clock=clock) as source:
+            batch = collect_batch(source, RankRange(0, 5000), tmp_path / "b.json", tmp_path / "ck")
+        assert site.backoff_violations == 0  # the server saw every backoff honoured
+    assert sum(1 for s in clock.sleeps if s >= 7) >= 3
+    ids = [q.question_id for q in batch.questions]
+    assert len(ids) == 300 == len(set(ids))
+
+
+def test_a_mix_of_503s_timeouts_and_drops_exhausts_the_budget_then_fails_clearly(tmp_path):
+    """Scenario 3: retries up to the budget, then a clear failure; no batch file, partial or otherwise."""
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+    from cv_pipeline.sources.api import StackExchangeAPISource
+    from cv_pipeline.sources.base import TransientSourceError
+    from cv_pipeline.sources.ratelimit import FakeClock
+
+    clock = FakeClock()
+    with SampleSite(n_questions=300) as site:
+        with StackExchangeAPISource(base_url=site.base_url, clock=clock, max_retries=5, timeout=0.5) as source:
+            source.filter_id()
+            site.faults.update(unavailable_next=2, drop_next=2, slow_seconds=1.0)  # then every call times out
+            before = site.requests
+            with pytest.raises(TransientSourceError, match="failed 6 times.*re-run") as err:
+                collect_batch(source, RankRange(0, 5000), tmp_path / "b.json", tmp_path / "ck")
+            site.faults.update(slow_seconds=0.0)
+        assert site.requests - before == 6  # 1 try + 5 retries, then stop
+    assert "Timeout" in str(err.value) or "timed out" in str(err.value).lower()
+    assert not (tmp_path / "b.json").exists()
+    assert leftovers_in(tmp_path) == []
+
+
+def leftovers_in(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".dirtmp"))]
