@@ -48,25 +48,40 @@ def write_json(target: Path | str, obj: Any, *, indent: int | None = 1) -> Path:
 
 
 @contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """An inter-process lock (flock): two runs writing the same folder take turns instead of racing."""
+    import fcntl
+
+    with open(lock_file, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; swap it in for ``target`` on success.
 
     The old folder is moved aside first and deleted only after the new one is in place, so a
-    crash leaves either the old folder or the new one under ``target`` (plus a ``.old``/``.tmp``
-    leftover that the next call removes).
+    crash leaves either the old folder or the new one under ``target`` (plus a hidden leftover that
+    the next writer removes). Writers of the same target hold a lock, so a scheduled run and a
+    manual one cannot interleave their swaps or delete each other's work in progress.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
-    try:
-        yield tmp
-        old = target.parent / f".{target.name}.old.dirtmp"
-        if target.exists():
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
+        try:
+            yield tmp
+            old = target.parent / f".{target.name}.old.dirtmp"
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

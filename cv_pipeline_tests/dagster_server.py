@@ -38,8 +38,8 @@ class DagsterServer:
             **(extra_env or {}),
         }
         self.procs: list[subprocess.Popen] = []
-        self.logs = home / "logs"
-        self.logs.mkdir(exist_ok=True)
+        self.logs = home.parent / "server_logs"  # outside DAGSTER_HOME, which Dagster manages
+        self.logs.mkdir(parents=True, exist_ok=True)
 
     def _start(self, name: str, *args: str) -> None:
         log = open(self.logs / f"{name}.log", "wb")
@@ -49,7 +49,7 @@ class DagsterServer:
         ws = str(REPO / "workspace.yaml")
         self._start("dagster-webserver", "-w", ws, "-h", "127.0.0.1", "-p", str(self.port))
         self._start("dagster-daemon", "run", "-w", ws)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/server_info", timeout=2).status_code == 200 and self.location_loaded():

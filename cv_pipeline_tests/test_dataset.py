@@ -125,3 +125,26 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
 )
 def test_markup_detector(text, has_markup):
     assert bool(validate.rows_with_markup([{"question_id": 1, "question": text, "answer": "ok"}])) is has_markup
+
+
+def test_concurrent_writers_of_one_folder_take_turns(tmp_path):
+    """Two processes (say a scheduled run and a manual one) writing the same dataset folder never race."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cv_pipeline.atomic import atomic_dir\n"
+        "for i in range(15):\n"
+        "    with atomic_dir(Path(sys.argv[1])) as tmp:\n"
+        "        for j in range(20):\n"
+        "            (tmp / f'part{j}.txt').write_text(sys.argv[2])\n"
+        "        time.sleep(0.01)\n"
+    )
+    target = tmp_path / "chat_dataset"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag]) for tag in ("A", "B")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    contents = {(target / f"part{j}.txt").read_text() for j in range(20)}
+    assert len(contents) == 1  # one writer's complete folder, never a mix
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["chat_dataset"]
