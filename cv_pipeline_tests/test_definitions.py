@@ -142,3 +142,16 @@ def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch)
         assert '"nvidia.com/gpu": "1"' in tags["dagster-k8s/config"] or tags["dagster-k8s/config"]["container_config"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
     collect_tags = defs.resolve_assets_def(dg.AssetKey("raw_question_batches")).node_def.tags
     assert "nvidia.com/gpu" not in str(collect_tags)
+
+
+@pytest.mark.parametrize(
+    "asset, field, demo, full",
+    [("chat_dataset", "top_n", 2_000, 10_000), ("lora_adapter_top_10k", "max_steps", 30, None),
+     ("lora_adapter_all_pairs", "learning_rate", 1e-3, 2e-4), ("adapter_evaluation", "max_new_tokens", 48, 256)],
+)
+def test_launchpad_defaults_follow_the_profile(asset, field, demo, full):
+    for name, expected in (("demo", demo), ("full", full)):
+        node = build_definitions(get_profile(name)).resolve_assets_def(dg.AssetKey(asset)).op
+        fields = node.config_schema.config_type.fields
+        assert fields[field].default_value == expected if expected is not None else not fields[field].default_provided or fields[field].default_value is None
+        assert fields[field].description

@@ -9,7 +9,7 @@ import dagster as dg
 
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.curation import checks as curation_checks
-from cv_pipeline.defs.curation.assets import chat_dataset, cleaned_qa_pairs
+from cv_pipeline.defs.curation.assets import build_chat_dataset_asset, cleaned_qa_pairs
 from cv_pipeline.defs.evaluation.assets import build_evaluation_assets
 from cv_pipeline.defs.operations.automation import automation_sensor
 from cv_pipeline.defs.operations.k8s import executor
@@ -46,7 +46,7 @@ def build_definitions(profile: Profile | None = None, data_dir: Path | None = No
     training = build_training_assets(profile)
     evaluation = build_evaluation_assets(profile, training)
     checks = [d for d in evaluation if isinstance(d, dg.AssetChecksDefinition)]
-    assets = [raw_question_batches, cleaned_qa_pairs, chat_dataset, *training, *(d for d in evaluation if d not in checks)]
+    assets = [raw_question_batches, cleaned_qa_pairs, build_chat_dataset_asset(profile), *training, *(d for d in evaluation if d not in checks)]
     return dg.Definitions(
         assets=assets,
         asset_checks=[*dg.load_asset_checks_from_modules([curation_checks]), *checks],

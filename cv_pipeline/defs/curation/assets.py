@@ -10,6 +10,7 @@ from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_
 from cv_pipeline.defs.metadata import file_hash, image, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource
+from cv_pipeline.profiles import Profile
 
 
 class CleaningSettings(dg.Config):
@@ -61,41 +62,44 @@ def cleaned_qa_pairs(
     )
 
 
-class DatasetSettings(dg.Config):
-    top_n: int = Field(10_000, description="How many of the highest-voted train pairs form the top subset.")
-    validation_fraction: float = Field(0.05, description="Share of question ids hashed into validation.")
-    test_fraction: float = Field(0.05, description="Share of question ids hashed into test.")
+def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
+    class DatasetSettings(dg.Config):
+        top_n: int = Field(profile.top_n, description="How many of the highest-voted train pairs form the top subset.")
+        validation_fraction: float = Field(0.05, description="Share of question ids hashed into validation.")
+        test_fraction: float = Field(0.05, description="Share of question ids hashed into test.")
 
-
-@dg.asset(
-    deps=[cleaned_qa_pairs],
-    code_version="1",
-    automation_condition=FOLLOW_ANY_PARTITION,
-    group_name="curation",
-    kinds={"python", "huggingface"},
-    description="All cleaned partitions merged into chat messages, split train/validation/test, plus the top-N subset.",
-)
-def chat_dataset(context: dg.AssetExecutionContext, config: DatasetSettings, data_dir: DataDirResource) -> dg.MaterializeResult:
-    from cv_pipeline.curation.dataset import SplitFractions
-
-    files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
-    if not files:
-        raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
-    ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
-    out = data_dir.sub("chat_dataset")
-    save_chat_dataset(ds, out, source=", ".join(f.stem for f in files))
-    preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": sum(len(v) for v in ds.splits.values()),
-            **{f"split/{k}": v for k, v in ds.counts.items()},
-            "partitions": len(files),
-            "data_version": ds.data_version,
-            "path": dg.MetadataValue.path(str(out)),
-            "lengths": image(out / "lengths.png"),
-            "data_card": dg.MetadataValue.path(str(out / "README.md")),
-            "preview": dg.MetadataValue.md(md_table(preview, ["question", "answer"])),
-        },
-        # Training re-runs only when this hash changes, not when code is refactored.
-        data_version=dg.DataVersion(ds.data_version),
+    @dg.asset(
+        deps=[cleaned_qa_pairs],
+        code_version="1",
+        automation_condition=FOLLOW_ANY_PARTITION,
+        group_name="curation",
+        kinds={"python", "huggingface"},
+        description="All cleaned partitions merged into chat messages, split train/validation/test, plus the top-N subset.",
     )
+    def chat_dataset(context: dg.AssetExecutionContext, config: DatasetSettings,
+                     data_dir: DataDirResource) -> dg.MaterializeResult:
+        from cv_pipeline.curation.dataset import SplitFractions
+
+        files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
+        if not files:
+            raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
+        ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
+        out = data_dir.sub("chat_dataset")
+        save_chat_dataset(ds, out, source=", ".join(f.stem for f in files))
+        preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": sum(len(v) for v in ds.splits.values()),
+                **{f"split/{k}": v for k, v in ds.counts.items()},
+                "partitions": len(files),
+                "data_version": ds.data_version,
+                "path": dg.MetadataValue.path(str(out)),
+                "lengths": image(out / "lengths.png"),
+                "data_card": dg.MetadataValue.path(str(out / "README.md")),
+                "preview": dg.MetadataValue.md(md_table(preview, ["question", "answer"])),
+            },
+            # Training re-runs only when this hash changes, not when code is refactored.
+            data_version=dg.DataVersion(ds.data_version),
+        )
+
+    return chat_dataset

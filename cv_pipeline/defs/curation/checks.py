@@ -5,7 +5,9 @@ import dagster as dg
 
 from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import SPLITS, read_cleaned
-from cv_pipeline.defs.curation.assets import chat_dataset, cleaned_qa_pairs
+from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
+
+chat_dataset = dg.AssetKey("chat_dataset")
 from cv_pipeline.defs.resources import DataDirResource
 
 

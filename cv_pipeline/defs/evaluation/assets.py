@@ -5,7 +5,6 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.defs.curation.assets import chat_dataset
 from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.k8s import GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
@@ -25,7 +24,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         seed: int = Field(0, description="Seed of the held-out sample.")
 
     @dg.asset(
-        deps=[chat_dataset, base_model, *adapters],
+        deps=["chat_dataset", base_model, *adapters],
         pool="gpu",
         op_tags=GPU_STEP,
         group_name="evaluation",

@@ -5,7 +5,6 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.defs.curation.assets import chat_dataset
 from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.automation import RETRAIN_ON_NEW_DATA
 from cv_pipeline.defs.operations.k8s import GPU_STEP
@@ -47,7 +46,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
 
     @dg.asset(
         name=f"lora_adapter_{spec.name}",
-        deps=[chat_dataset, base_model],
+        deps=["chat_dataset", base_model],
         pool="gpu",
         op_tags=GPU_STEP,
         group_name="training",
