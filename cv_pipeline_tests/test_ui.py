@@ -18,7 +18,7 @@ import pytest
 from cv_pipeline.profiles import get_profile
 from cv_pipeline_tests.dagster_server import REPO, DagsterServer
 
-pytestmark = [pytest.mark.ui, pytest.mark.slow]
+pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ASSETS = [
     "raw_question_batches", "cleaned_qa_pairs", "chat_dataset", "base_model",
