@@ -18,6 +18,7 @@ FOLLOW_ANY_PARTITION = (
 # changed, never because code was refactored or an identical dataset was re-materialised.
 RETRAIN_ON_NEW_DATA = (
     dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    & ~dg.AutomationCondition.any_deps_missing()
     & ~dg.AutomationCondition.in_progress()
     & ~dg.AutomationCondition.any_deps_in_progress()
 ).with_label("retrain_on_new_data")

@@ -1,0 +1,76 @@
+"""Declarative automation, evaluated with Dagster's own test helper over a real instance."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cv_pipeline.defs.collection.assets import raw_question_batches
+from cv_pipeline.defs.project import build_definitions
+from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
+from cv_pipeline.profiles import get_profile
+from cv_pipeline.sources.sample_site import SampleSite
+
+PARTITION = "05000-09999"
+CLEANED, CHAT = dg.AssetKey("cleaned_qa_pairs"), dg.AssetKey("chat_dataset")
+ADAPTERS = [dg.AssetKey("lora_adapter_all_pairs"), dg.AssetKey("lora_adapter_top_10k")]
+
+
+def test_curation_follows_a_rescrape_and_training_never_starts_by_itself(tmp_path):
+    defs = build_definitions(get_profile("demo"), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.total_requested == 0  # nothing collected yet: nothing to clean
+
+    with SampleSite(n_questions=5_300) as site:  # partition 05000-09999 holds ranks 5000-5299
+        resources = {
+            "stackexchange": StackExchangeResource(source="api", api_base_url=site.base_url),
+            "data_dir": DataDirResource(path=str(tmp_path)),
+        }
+        assert dg.materialize([raw_question_batches], partition_key=PARTITION, resources=resources, instance=instance).success
+
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert second.get_requested_partitions(CLEANED) == {PARTITION}  # only the re-scraped partition
+    assert second.get_num_requested(CHAT) == 0  # waits for the cleaning it depends on
+    assert all(second.get_num_requested(a) == 0 for a in ADAPTERS)
+
+    third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+    assert third.get_num_requested(CLEANED) == 0  # requested once, not again on every tick
+
+
+def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    defs = build_definitions(get_profile("demo").model_copy(update={"auto_retrain": True}), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    rows = [
+        {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
+         "tags": ["t"], "question": f"How do I read question {q}?", "answer": f"Carefully, answer {q}.",
+         "link": f"https://stats.stackexchange.com/q/{q}", "license": "CC BY-SA 4.0"}
+        for q in range(1, 80)
+    ]
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))  # stands in for the 135M model
+
+    def dataset(top_n: int) -> None:
+        run_config = {"ops": {"chat_dataset": {"config": {"top_n": top_n}}}}
+        assert dg.materialize([*defs.assets], selection=[CHAT], resources=defs.resources, instance=instance,
+                              run_config=run_config).success
+
+    def requested(cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*ADAPTERS), cursor=cursor)
+        return {a for a in ADAPTERS if result.get_num_requested(a)}, result.cursor
+
+    now, cursor = requested(None)
+    assert now == set()
+    dataset(20)
+    now, cursor = requested(cursor)
+    assert now == set(ADAPTERS)  # a new data version: retrain
+    dataset(20)
+    now, cursor = requested(cursor)
+    assert now == set()  # the same data again: nothing to retrain
+    dataset(10)
+    now, cursor = requested(cursor)
+    assert now == set(ADAPTERS)  # the top subset changed: retrain
