@@ -55,7 +55,7 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
 
 
 def materialize(select: str, partition: str | None, profile: str | None) -> None:
-    """Materialise the named assets (comma-separated, Dagster selection syntax) with their checks."""
+    """Materialise a Dagster asset selection (e.g. `chat_dataset`, `chat_dataset+`, `*adapter_evaluation`) with its checks."""
     import dagster as dg
 
     dagster_home()
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline on the profile (default: demo) and print the report path")
     d.add_argument("--partition", action="append", help="partition key(s) to collect (default: the profile's)")
-    m = sub.add_parser("materialize", help="materialise asset(s), comma-separated, optionally one partition")
+    m = sub.add_parser("materialize", help="materialise a Dagster asset selection (e.g. chat_dataset+), optionally one partition")
     m.add_argument("select")
     m.add_argument("--partition")
     sub.add_parser("list", help="list the assets")
