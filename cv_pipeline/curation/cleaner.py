@@ -5,7 +5,7 @@ the inner HTML of a reused container, see _Workspace), one `traverse()` over the
 notices and unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code
 letter) at block, list, table and line-break boundaries, `text()` concatenates everything in C,
 and a short Python loop over the markers lays out paragraphs, list items and table rows (bodies
-with paragraph-like blocks only, most of them, skip the loop: see _lay_out). NUL
+with paragraph-like blocks and flat lists only, most of them, skip the loop: see _lay_out). NUL
 can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and
 we strip NUL from the input first), so input cannot forge a marker. Pathologically deep input
 goes to a linear-time fallback instead (see _too_deep).
@@ -471,15 +471,58 @@ def _lay_out(marked: str) -> str:
     (outside $$...$$) and stripped, empty blocks skipped, the rest joined by blank lines", which
     C-level str methods do without the per-piece Python loop of _layout. (A block's text can end
     in whitespace only through a collapsed run, i.e. one space: a $$...$$ span ends in "$$".)
+    Bodies whose only other markers are flat lists (the next most common kind) take a similar
+    shortcut, _lay_out_lists; the rest (tables, <br>, <pre>, nested lists) use the general loop.
     """
-    if marked.count(_M) != marked.count("\x00P"):
+    if _NON_BLOCK_MARKER.search(marked) is None:
+        marked = _squash_outside_math(marked)
+        return "\n\n".join([block for block in [p.strip(" ") for p in marked.split("\x00P")] if block])
+    squashed = _squash_outside_math(marked)
+    if _FLAT_LISTS.fullmatch(squashed) is None:
         return _layout(_collapse(marked))
+    return _lay_out_lists(squashed)
+
+
+_NON_BLOCK_MARKER = re.compile("\x00[^P]")
+# Blocks and flat lists after whitespace collapsing: no nested or stray lists, nothing but
+# whitespace (one space at most, once collapsed) between a list's items, no markers inside an item.
+# Possessive quantifiers keep the match linear; a failed match means "use the general _layout".
+_FLAT_LISTS = re.compile(
+    "(?:[^\x00]++|\x00P|\x00(?:U|O-?[0-9]+;) ?(?:\x00I[^\x00]*+\x00i ?)*+\x00E)*+"
+)
+
+
+def _squash_outside_math(marked: str) -> str:
+    # _collapse's whitespace step for text without <pre>, where _PROTECTED splits like _DISPLAY_MATH.
     if "$$" in marked:
         parts = _DISPLAY_MATH.split(marked)
-        marked = "".join([p if i % 2 else _squash(p) for i, p in enumerate(parts)])
-    else:
-        marked = _squash(marked)
-    return "\n\n".join([block for block in [p.strip(" ") for p in marked.split("\x00P")] if block])
+        return "".join([p if i % 2 else _squash(p) for i, p in enumerate(parts)])
+    return _squash(marked)
+
+
+def _lay_out_lists(squashed: str) -> str:
+    """_layout for collapsed text that _FLAT_LISTS matches: blocks and flat lists only.
+
+    Such a body lays out as its top-level blocks joined by blank lines, where a list is one block
+    of its non-empty items, one per line: "- " or "N. " and the item's text, stripped (an empty
+    item still takes its number).
+    """
+    segments = squashed.split("\x00E")  # each but the last: blocks, then one list
+    blocks: list[str] = []
+    for seg in segments[:-1]:
+        start = seg.find("\x00U")
+        if start >= 0:
+            texts = [item.partition("\x00i")[0].strip(" ") for item in seg[start + 2 :].split("\x00I")[1:]]
+            lines = ["- " + text for text in texts if text]
+        else:
+            start = seg.find("\x00O")
+            num, _, body = seg[start + 2 :].partition(";")
+            texts = [item.partition("\x00i")[0].strip(" ") for item in body.split("\x00I")[1:]]
+            lines = [f"{n}. {text}" for n, text in enumerate(texts, int(num)) if text]
+        blocks.extend([p.strip(" ") for p in seg[:start].split("\x00P")])
+        blocks.append("\n".join(lines))
+    blocks.extend([p.strip(" ") for p in segments[-1].split("\x00P")])
+    return "\n\n".join([block for block in blocks if block])
 
 
 # The HTML tree-construction algorithm is quadratic in nesting depth (every start tag checks the
