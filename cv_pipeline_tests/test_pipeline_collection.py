@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.curation import checks as curation_checks
