@@ -51,7 +51,7 @@ def cleaned_rows_complete(data_dir: DataDirResource) -> dg.AssetCheckResult:
 
 def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
     root = Path(data_dir.sub("chat_dataset"))
-    return {s: [json.loads(line) for line in open(root / f"{s}.jsonl", encoding="utf-8")] for s in SPLITS}
+    return {s: [json.loads(line) for line in (root / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in SPLITS}
 
 
 # Blocking: a dataset that fails any of these stops the run before training spends GPU time on it.
