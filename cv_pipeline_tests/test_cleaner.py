@@ -5,6 +5,7 @@ from __future__ import annotations
 import html as html_lib
 import json
 import re
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
+from cv_pipeline.curation import cleaner
 from cv_pipeline.curation.cleaner import (
     COUNT_KEYS,
     CleaningConfig,
@@ -514,3 +516,122 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
     assert text == "one\n\ntwo & &sigma;"
     assert has_code_block(deep + "<pre>x</pre>")
     assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast paths give exactly what the general ones give
+
+_BLOCKY_TAGS = ["p", "div", "blockquote", "h2", "dl", "dd", "em", "strong", "a", "code", "span", "b", "i", "sup",
+                "math", "mi", "u", "abbr"]
+
+
+@st.composite
+def _blocky_token(draw: st.DrawFn) -> str:
+    """Bodies the blocks pass takes: blocks, inline markup, images, display math, odd whitespace."""
+    kind = draw(st.integers(0, 5))
+    if kind == 0:
+        return f"<{draw(st.sampled_from(_BLOCKY_TAGS))}>"
+    if kind == 1:
+        return f"</{draw(st.sampled_from(_BLOCKY_TAGS))}>"
+    if kind == 2:
+        return draw(st.sampled_from(["<img src='x.png' alt='enter image description here'>", "<hr>", "<em></em>",
+                                     "<a href='https://x'></a>", "<span> </span>"]))
+    if kind == 3:
+        return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
+                                     "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;"]))
+    return draw(st.text(st.characters(blacklist_characters="<&", blacklist_categories=("Cs",)), max_size=12))
+
+
+_BLOCKY = st.lists(_blocky_token(), max_size=30).map("".join)
+
+
+def _both_passes(html: str, config: CleaningConfig) -> tuple[cleaner._Converted, cleaner._Converted]:
+    return cleaner._convert(html, config), cleaner._convert(html, config, blocks_pass=False)
+
+
+@HOSTILE
+@given(st.one_of(_BLOCKY, _TAG_SOUP), st.sampled_from(["ascii", "unicode"]))
+def test_blocks_pass_matches_general_pass(html: str, mode: str) -> None:
+    fast, general = _both_passes(html, CleaningConfig(normalization=mode))  # type: ignore[arg-type]
+    assert fast == general  # text and every count
+
+
+def _takes_blocks_pass(html: str) -> bool:
+    root = cleaner._parse_into_container(html)
+    return "notice" not in html and cleaner._blocks_text(root, cleaner._Converted("")) is not None
+
+
+def test_blocks_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
+    from cv_pipeline.sources.sample_site.corpus import SampleCorpus
+
+    corpus = SampleCorpus(n_questions=600, seed=3)
+    bodies = [path.read_text(encoding="utf-8") for path in sorted((realdata / "bodies").glob("*.html"))]
+    for rank in range(len(corpus)):
+        item = corpus.question(rank)
+        bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
+    taken = [body for body in bodies if _takes_blocks_pass(body)]
+    assert len(taken) > len(bodies) / 2, "the blocks pass should take most bodies, or this test checks little"
+    for config in (CleaningConfig(), UNICODE):
+        for body in bodies:
+            fast, general = _both_passes(body, config)
+            assert fast == general, body[:300]
+
+
+def test_blocks_pass_unwraps_and_deletes_inline_elements() -> None:
+    html = "<p>a<img src=x>b <em></em>c<a href='y'><b>d</b></a>e</p>\n<blockquote><p>f</p>g</blockquote>h"
+    assert _takes_blocks_pass(html)
+    conv = cleaner._convert(html, CleaningConfig())
+    assert (conv.text, conv.images_dropped) == ("ab cde\n\nf\n\ng\n\nh", 1)
+    assert not _takes_blocks_pass("<p>a<br>b</p>")  # a line break needs the general pass
+    assert not _takes_blocks_pass("<p>a<!-- c -->b</p>")  # so does a comment
+
+
+# Characters to build texts from: ASCII with controls, what the fast encoder knows, what it has to
+# learn or can never take (combining marks, singletons that NFC changes, astral, unassigned).
+_NORMALIZE_CHARS = st.one_of(
+    st.characters(max_codepoint=0x7F),
+    st.sampled_from(sorted(cleaner._FAST_ASCII.known)),
+    st.sampled_from(["\u0301", "\u0308", "\u212b", "\u2126", "\u00c5", "\ufb01", "\u00b2", "\u2460", "\u0391",
+                     "\u0436", "\u1e9e", "\U0001d70e", "\U0001f600", "\u0378", "\x85", "\x9f", "\u00ad"]),
+    st.characters(blacklist_categories=("Cs",)),
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.text(_NORMALIZE_CHARS, max_size=60))
+def test_fast_ascii_normalization_matches_the_definition(text: str) -> None:
+    fresh = cleaner._FastAscii(cleaner._FAST_SEED)  # learns from the texts it fails on
+    for _ in range(2):  # before and after learning
+        got = fresh.encode(text)
+        assert got is None or got == cleaner._normalize_ascii_slow(text)
+    assert normalize_chars(text) == cleaner._normalize_ascii_slow(text)
+
+
+def test_fast_ascii_learns_then_stops_at_its_byte_budget() -> None:
+    fast = cleaner._FastAscii("")
+    assert fast.encode("caf\u00e9") is None  # unknown: the slow path, and now learnt
+    assert fast.encode("caf\u00e9") == ("cafe", 1)
+    assert fast.encode("\u0301") is None and "\u0301" not in fast.known  # combining: never taken on
+    greek_and_cyrillic = "".join(chr(cp) for cp in range(0x391, 0x3A0)) + "".join(chr(cp) for cp in range(0x410, 0x4A0))
+    fast.learn(greek_and_cyrillic)
+    assert len(fast.known) == 128
+    late = "\u0175"  # ŵ: eligible, but no byte left for it
+    assert fast.encode(late) is None and late not in fast.known
+    assert normalize_chars(late) == ("w", 1)
+
+
+def test_fast_ascii_characters_are_already_nfc_in_any_text() -> None:
+    """No character the fast encoder may take on combines with a neighbour under NFC.
+
+    Every such character is NFC-stable and not combining; this checks that none is the second
+    half of a canonical composition either, so text of ASCII and these characters is NFC."""
+    seconds = set()
+    for cp in range(0x110000):
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    eligible = [chr(cp) for lo, hi in cleaner._FAST_RANGES for cp in range(lo, hi) if cleaner._fast_eligible(chr(cp))]
+    assert len(eligible) > 2000
+    assert not seconds.intersection(eligible)
+    text = "a" + "e".join(eligible) + "z"
+    assert unicodedata.normalize("NFC", text) == text

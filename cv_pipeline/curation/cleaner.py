@@ -1,14 +1,20 @@
 """The report's cleaning rules (DESIGN.md "Cleaning rules"), made explicit and counted.
 
-HTML to text in one pass that stays inside C as much as possible: lexbor parses the body (as
-the inner HTML of a reused container, see _Workspace), one `traverse()` over the elements marks
-notices and unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code
-letter) at block, list, table and line-break boundaries, `text()` concatenates everything in C,
-and a short Python loop over the markers lays out paragraphs, list items and table rows (bodies
-with paragraph-like blocks and flat lists only, most of them, skip the loop: see _lay_out). NUL
-can never reach a text node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and
-we strip NUL from the input first), so input cannot forge a marker. Pathologically deep input
-goes to a linear-time fallback instead (see _too_deep).
+HTML to text in passes that stay inside C as much as possible: lexbor parses the body (as the
+inner HTML of a reused container, see _Workspace), then one of two passes writes the text.
+- The blocks pass (_blocks_text), for bodies made only of paragraph-like blocks and inline
+  markup (most of them): unwrap the inline elements, merge adjacent text nodes and let
+  lexbor's `text(separator=...)` put a block marker between runs of text; the blocks are then
+  collapsed, stripped and joined with str methods.
+- The general pass (_mark) for the rest: one `traverse()` over the elements marks notices and
+  unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code letter)
+  at block, list, table and line-break boundaries, `text()` concatenates everything in C, and
+  a short Python loop over the markers lays out paragraphs, list items and table rows (flat
+  lists skip the loop: see _lay_out).
+Both give the same text wherever both apply (tests compare them). NUL can never reach a text
+node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and we strip NUL from the
+input first), so input cannot forge a marker. Pathologically deep input goes to a linear-time
+fallback instead (see _too_deep). Rule 4 has a C-level fast path too (_FastAscii).
 
 Decisions that the rules leave open, documented here and in the tests:
 - `<img>` becomes nothing: its alt text on Stack Exchange is almost always the editor's
@@ -196,15 +202,102 @@ def normalize_chars(text: str, normalization: Literal["ascii", "unicode"] = "asc
                 return text, 0
         return _UNICODE_CHANGING.subn(_CHARMAPS["unicode"].replace, text)
     if text.isascii():
-        changed = 0
         raw = text.encode("ascii")
-    else:
-        text = unicodedata.normalize("NFC", text)  # so that "e" + U+0301 is treated like "é"
-        changed = len(text) - len(text.encode("ascii", "ignore"))  # every non-ASCII character changes
-        raw = text.encode("ascii", "cv_pipeline.cleaner.ascii")
+        kept = raw.translate(None, _ASCII_CONTROLS)
+        if len(kept) == len(raw):
+            return text, 0
+        return kept.decode("ascii"), len(raw) - len(kept)
+    fast = _FAST_ASCII.encode(text)
+    return fast if fast is not None else _normalize_ascii_slow(text)
+
+
+def _normalize_ascii_slow(text: str) -> tuple[str, int]:
+    """Rule 4 in "ascii" mode for any text: the definition that _FastAscii reproduces."""
+    text = unicodedata.normalize("NFC", text)  # so that "e" + U+0301 is treated like "é"
+    changed = len(text) - len(text.encode("ascii", "ignore"))  # every non-ASCII character changes
+    raw = text.encode("ascii", "cv_pipeline.cleaner.ascii")
     kept = raw.translate(None, _ASCII_CONTROLS)
     changed += len(raw) - len(kept)
-    return (kept.decode("ascii") if changed else text), changed
+    return kept.decode("ascii"), changed
+
+
+# Non-ASCII characters _FastAscii may take on: NFC-stable, not combining, and from blocks where no
+# character is the second half of a canonical composition, so that text made of ASCII and these
+# characters is already NFC (a test checks this over all of them).
+_FAST_RANGES = ((0xA0, 0x300), (0x370, 0x530), (0x1E00, 0x2C00), (0xFB00, 0xFB07), (0xFF00, 0xFFF0))
+# Taken on at start: typographic punctuation and the letters and symbols common in statistics posts.
+_FAST_SEED = "".join(_TYPOGRAPHIC) + "αβγδεθλμνπρσστφχψωΣΔ²±×≤≥≠≈∞√→éèáóöüíç"
+_ASCII_BYTES = bytes(range(128))
+
+
+def _fast_eligible(ch: str) -> bool:
+    cp = ord(ch)
+    return (
+        any(lo <= cp < hi for lo, hi in _FAST_RANGES)
+        and unicodedata.combining(ch) == 0
+        and unicodedata.normalize("NFC", ch) == ch
+    )
+
+
+class _FastAscii:
+    """Rule 4 in "ascii" mode in a few C-level passes, for text whose non-ASCII characters are known.
+
+    A charmap codec (`codecs.charmap_build`) gives each of up to 128 known non-ASCII characters
+    its own byte 0x80-0xFF, so one encode turns the text into one byte per character (an unknown
+    character fails the encode and the text takes `_normalize_ascii_slow`, which also teaches the
+    characters here). Deleting the ASCII bytes counts the changed characters; one
+    `bytes.translate` turns the bytes of one-character replacements into them and deletes
+    controls; the few longer replacements ("--", "...", "&sigma;") are one `bytes.replace` each.
+    """
+
+    def __init__(self, seed: str) -> None:
+        self.known: list[str] = []
+        self._take_on([])
+        self.learn(seed)
+
+    def learn(self, text: str) -> None:
+        """Take on the eligible non-ASCII characters of `text` while there is room."""
+        new = sorted({ch for ch in _NON_ASCII.findall(text) if _fast_eligible(ch)} - set(self.known))
+        room = 128 - len(self.known)
+        if new and room > 0:
+            self._take_on(new[:room])
+
+    def _take_on(self, new: list[str]) -> None:
+        known = self.known + new
+        table = bytearray(range(256))
+        longer: dict[int, bytes] = {}
+        for byte, ch in enumerate(known, 128):
+            out = _CHARMAPS["ascii"][ch]
+            if len(out) == 1:
+                table[byte] = ord(out)
+            else:
+                longer[byte] = out.encode("ascii")
+        decoding = "".join(map(chr, range(128))) + "".join(known) + "\ufffe" * (256 - 128 - len(known))
+        # One tuple, swapped in whole, so a concurrent encode sees either the old or the new state.
+        self.state = (codecs.charmap_build(decoding), bytes(table), longer)
+        self.known = known
+
+    def encode(self, text: str) -> tuple[str, int] | None:
+        encoding_map, table, longer = self.state
+        try:
+            raw = codecs.charmap_encode(text, "strict", encoding_map)[0]
+        except UnicodeEncodeError:
+            self.learn(text)
+            return None
+        high = raw.translate(None, _ASCII_BYTES)  # one byte per non-ASCII character
+        out = raw.translate(table, _ASCII_CONTROLS)
+        changed = len(high) + len(raw) - len(out)
+        if longer:
+            for byte in set(high):
+                expansion = longer.get(byte)
+                if expansion is not None:
+                    out = out.replace(_BYTES[byte], expansion)
+        return out.decode("ascii"), changed
+
+
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+_BYTES = [bytes([i]) for i in range(256)]
+_FAST_ASCII = _FastAscii(_FAST_SEED)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,14 +373,14 @@ def _parse_into_container(html: str) -> LexborNode:
     return root
 
 
-def _mark(html: str, conv: _Converted) -> str:
-    """Parse, remove notices and dropped subtrees, insert markers; return the marked text."""
-    if "\x00" in html:
-        html = html.replace("\x00", "")
-    root = _parse_into_container(html)
+def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
+    """Remove notices and dropped subtrees, insert markers; return the marked text.
+
+    The general pass: it walks the parsed tree, decomposes what is dropped, inserts the marker
+    text nodes and concatenates the text in C.
+    """
     nodes = root.traverse()
     next(nodes)  # the container itself
-    find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
     drop = []
     for node in nodes:
         tag = node.tag
@@ -314,6 +407,45 @@ def _mark(html: str, conv: _Converted) -> str:
     for node in reversed(drop):
         node.decompose()
     return root.text()
+
+
+# Elements that take the general pass: every one with markers other than a block boundary, every
+# dropped one. Comments and processing instructions (tag "-comment", or None) take it too.
+_NOT_BLOCKS_ONLY = frozenset(_AROUND).difference(_BLOCK_TAGS) | _DROP_TAGS
+
+
+def _blocks_text(root: LexborNode, conv: _Converted) -> str | None:
+    """The blocks pass: for bodies made of paragraph-like blocks and inline markup only (most of them).
+
+    Returns the text of each block, separated by block markers, or None (tree untouched) when
+    the body has anything else. Unwrapping the inline elements (deleting the empty ones, such
+    as <img>) and merging adjacent text nodes leaves one text node per run of text between two
+    block boundaries, so lexbor's own `text(separator=...)` writes what the general pass's
+    markers would: the same text, a separator wherever a block starts or ends (runs of
+    whitespace only are skipped, as the layout would drop them). That takes one C call per
+    inline element instead of two marker insertions per block. Tests compare both passes.
+    """
+    nodes = root.traverse()
+    next(nodes)  # the container itself
+    inline = []
+    images = 0
+    for node in nodes:
+        tag = node.tag
+        if tag in _BLOCK_TAGS:
+            continue
+        if tag is None or tag in _NOT_BLOCKS_ONLY or tag[0] == "-":
+            return None
+        if tag == "img":
+            images += 1
+        inline.append(node)
+    if inline:
+        # Document order: an element is unwrapped before its descendants, and only empty
+        # elements (which have none) are deleted, so every node here is still alive when reached.
+        for node in inline:
+            node.unwrap(delete_empty=True)
+        root.merge_text_nodes()
+        conv.images_dropped += images
+    return root.text(separator="\x00P", skip_empty=True)
 
 
 def _ol_start(node: LexborNode) -> int:
@@ -475,8 +607,7 @@ def _lay_out(marked: str) -> str:
     shortcut, _lay_out_lists; the rest (tables, <br>, <pre>, nested lists) use the general loop.
     """
     if _NON_BLOCK_MARKER.search(marked) is None:
-        marked = _squash_outside_math(marked)
-        return "\n\n".join([block for block in [p.strip(" ") for p in marked.split("\x00P")] if block])
+        return _join_blocks(marked)
     squashed = _squash_outside_math(marked)
     if _FLAT_LISTS.fullmatch(squashed) is None:
         return _layout(_collapse(marked))
@@ -484,6 +615,13 @@ def _lay_out(marked: str) -> str:
 
 
 _NON_BLOCK_MARKER = re.compile("\x00[^P]")
+
+
+def _join_blocks(marked: str) -> str:
+    # Blocks only: each block's text, whitespace collapsed (outside $$...$$) and stripped, empty
+    # ones skipped, the rest joined by blank lines. After collapsing, only spaces (or a $$ span's
+    # own "$$") can start or end a block, so str.strip is strip(" ").
+    return "\n\n".join(filter(None, map(str.strip, _squash_outside_math(marked).split("\x00P"))))
 # Blocks and flat lists after whitespace collapsing: no nested or stray lists, nothing but
 # whitespace (one space at most, once collapsed) between a list's items, no markers inside an item.
 # Possessive quantifiers keep the match linear; a failed match means "use the general _layout".
@@ -539,7 +677,7 @@ _FLAT = frozenset(
 
 
 def _too_deep(html: str) -> bool:
-    if html.count("<") < _MANY_TAGS:
+    if len(html) < _MANY_TAGS or html.count("<") < _MANY_TAGS:
         return False
     depth = 0
     for m in _TAG_SCAN.finditer(html):
@@ -574,7 +712,7 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     conv.text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _convert(html: str, config: CleaningConfig) -> _Converted:
+def _convert(html: str, config: CleaningConfig, blocks_pass: bool = True) -> _Converted:
     conv = _Converted("")
     if not html:
         return conv
@@ -583,7 +721,16 @@ def _convert(html: str, config: CleaningConfig) -> _Converted:
     if _too_deep(html):
         _fallback(html, conv, config)
         return conv
-    marked = _mark(html, conv)
+    if "\x00" in html:
+        html = html.replace("\x00", "")
+    root = _parse_into_container(html)
+    find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
+    blocks = _blocks_text(root, conv) if blocks_pass and not find_notices else None
+    if blocks is not None:
+        text, conv.chars_normalized = normalize_chars(blocks, config.normalization)
+        conv.text = _join_blocks(text)
+        return conv
+    marked = _mark(root, conv, find_notices)
     if not marked:
         return conv
     conv.has_pre = "\x00X" in marked
