@@ -521,69 +521,93 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
 # ---------------------------------------------------------------------------------------------
 # The fast paths give exactly what the general ones give
 
-_BLOCKY_TAGS = ["p", "div", "blockquote", "h2", "dl", "dd", "em", "strong", "a", "code", "span", "b", "i", "sup",
-                "math", "mi", "u", "abbr"]
+_RUNS_TAGS = ["p", "div", "blockquote", "h2", "dl", "dd", "em", "strong", "a", "code", "span", "b", "i", "sup",
+              "math", "mi", "u", "abbr", "ul", "ol", "li", "pre", "menu", "listing"]
 
 
 @st.composite
-def _blocky_token(draw: st.DrawFn) -> str:
-    """Bodies the blocks pass takes: blocks, inline markup, images, display math, odd whitespace."""
+def _runs_token(draw: st.DrawFn) -> str:
+    """Bodies the runs pass takes or hands on: blocks, lists, <pre>, inline markup, images, math."""
     kind = draw(st.integers(0, 5))
     if kind == 0:
-        return f"<{draw(st.sampled_from(_BLOCKY_TAGS))}>"
+        return f"<{draw(st.sampled_from(_RUNS_TAGS))}>"
     if kind == 1:
-        return f"</{draw(st.sampled_from(_BLOCKY_TAGS))}>"
+        return f"</{draw(st.sampled_from(_RUNS_TAGS))}>"
     if kind == 2:
         return draw(st.sampled_from(["<img src='x.png' alt='enter image description here'>", "<hr>", "<em></em>",
-                                     "<a href='https://x'></a>", "<span> </span>"]))
+                                     "<a href='https://x'></a>", "<span> </span>", "<ol start=' 7'>",
+                                     "<ol start='x'>", "<li></li>", "<li> </li>", "<pre>\n  x  \n</pre>",
+                                     "<pre> </pre>", "<pre><code>a\n\n b</code></pre>"]))
     if kind == 3:
         return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
-                                     "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;"]))
+                                     "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;", "\r"]))
     return draw(st.text(st.characters(blacklist_characters="<&", blacklist_categories=("Cs",)), max_size=12))
 
 
-_BLOCKY = st.lists(_blocky_token(), max_size=30).map("".join)
+_RUNS_SOUP = st.lists(_runs_token(), max_size=30).map("".join)
 
 
 def _both_passes(html: str, config: CleaningConfig) -> tuple[cleaner._Converted, cleaner._Converted]:
-    return cleaner._convert(html, config), cleaner._convert(html, config, blocks_pass=False)
+    return cleaner._convert(html, config), cleaner._convert(html, config, runs_pass=False)
 
 
-@HOSTILE
-@given(st.one_of(_BLOCKY, _TAG_SOUP), st.sampled_from(["ascii", "unicode"]))
-def test_blocks_pass_matches_general_pass(html: str, mode: str) -> None:
+@settings(HOSTILE, max_examples=400)
+@given(st.one_of(_RUNS_SOUP, _TAG_SOUP), st.sampled_from(["ascii", "unicode"]))
+def test_runs_pass_matches_general_pass(html: str, mode: str) -> None:
     fast, general = _both_passes(html, CleaningConfig(normalization=mode))  # type: ignore[arg-type]
     assert fast == general  # text and every count
 
 
-def _takes_blocks_pass(html: str) -> bool:
-    root = cleaner._parse_into_container(html)
-    return "notice" not in html and cleaner._blocks_text(root, cleaner._Converted("")) is not None
+def _runs_pass_lays_out(html: str) -> bool:
+    """Does the runs pass take this body all the way (no hand-over to the general pass)?"""
+    runs = cleaner._runs_text(cleaner._parse_into_container(html))
+    return "notice" not in html and runs is not None and (not runs[3] or cleaner._join_runs(cleaner.normalize_chars(runs[0])[0]) is not None)
 
 
-def test_blocks_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
+def test_runs_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
     from cv_pipeline.sources.sample_site.corpus import SampleCorpus
 
     corpus = SampleCorpus(n_questions=600, seed=3)
     bodies = [path.read_text(encoding="utf-8") for path in sorted((realdata / "bodies").glob("*.html"))]
+    bodies += [path.read_text(encoding="utf-8") for path in sorted((realdata / "cv").glob("*.html"))]
     for rank in range(len(corpus)):
         item = corpus.question(rank)
         bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
-    taken = [body for body in bodies if _takes_blocks_pass(body)]
-    assert len(taken) > len(bodies) / 2, "the blocks pass should take most bodies, or this test checks little"
+    taken = [body for body in bodies if _runs_pass_lays_out(body)]
+    assert len(taken) > 0.8 * len(bodies), "the runs pass should take most bodies, or this test checks little"
+    assert any("<li>" in body for body in taken) and any("<pre" in body for body in taken)
     for config in (CleaningConfig(), UNICODE):
         for body in bodies:
             fast, general = _both_passes(body, config)
             assert fast == general, body[:300]
 
 
-def test_blocks_pass_unwraps_and_deletes_inline_elements() -> None:
-    html = "<p>a<img src=x>b <em></em>c<a href='y'><b>d</b></a>e</p>\n<blockquote><p>f</p>g</blockquote>h"
-    assert _takes_blocks_pass(html)
+@pytest.mark.parametrize(
+    ("html", "expected", "images"),
+    [
+        ("<p>a<img src=x>b <em></em>c<a href='y'><b>d</b></a>e</p>\n<blockquote><p>f</p>g</blockquote>h",
+         "ab cde\n\nf\n\ng\n\nh", 1),
+        ("<p>x</p><ol start='3'>\n<li>a <em>b</em></li>\n<li></li>\n<li>c</li></ol><ul><li>d</li></ul>",
+         "x\n\n3. a b\n5. c\n\n- d", 0),
+        ("<p>Run:</p><pre><code>  x = 1\n\ny  =  2\n</code></pre><p>done</p>", "Run:\n\n  x = 1\n\ny  =  2\n\ndone", 0),
+    ],
+)
+def test_runs_pass_layouts(html: str, expected: str, images: int) -> None:
+    assert _runs_pass_lays_out(html)
     conv = cleaner._convert(html, CleaningConfig())
-    assert (conv.text, conv.images_dropped) == ("ab cde\n\nf\n\ng\n\nh", 1)
-    assert not _takes_blocks_pass("<p>a<br>b</p>")  # a line break needs the general pass
-    assert not _takes_blocks_pass("<p>a<!-- c -->b</p>")  # so does a comment
+    assert (conv.text, conv.images_dropped, conv.has_pre) == (expected, images, "<pre>" in html)
+
+
+@pytest.mark.parametrize(
+    "html",
+    ["<p>a<br>b</p>", "<p>a<!-- c -->b</p>", "<table><tr><td>a</td></tr></table>",  # never taken
+     "<ul><li>a<ul><li>b</li></ul></li></ul>", "<ul><li><p>a</p><p>b</p></li></ul>", "<li>stray</li>",
+     "<ul>text<li>a</li></ul>", "<pre> </pre>", "<pre><p>a</p><p>b</p></pre>"],  # handed over
+)
+def test_runs_pass_hands_over_what_it_cannot_lay_out(html: str) -> None:
+    assert not _runs_pass_lays_out(html)
+    fast, general = _both_passes(html, CleaningConfig())
+    assert fast == general
 
 
 # Characters to build texts from: ASCII with controls, what the fast encoder knows, what it has to

@@ -409,43 +409,129 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
     return root.text()
 
 
-# Elements that take the general pass: every one with markers other than a block boundary, every
-# dropped one. Comments and processing instructions (tag "-comment", or None) take it too.
-_NOT_BLOCKS_ONLY = frozenset(_AROUND).difference(_BLOCK_TAGS) | _DROP_TAGS
+# The runs pass (see _runs_text) takes blocks, flat lists and <pre>; every other element with
+# markers, every dropped one, comments and processing instructions (tag "-comment", or None)
+# send a body to the general pass.
+_RUN_MARKERS: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(("ul", "menu", "dir"), ("\x00U", "\x00E")),
+    "ol": ("", "\x00E"),  # its opening marker carries the start number
+    "li": ("\x00I", ""),
+    **dict.fromkeys(("pre", "listing"), ("\x00X", "\x00x")),
+}
+_NOT_IN_RUNS = frozenset(_AROUND).difference(_BLOCK_TAGS, _RUN_MARKERS) | _DROP_TAGS
 
 
-def _blocks_text(root: LexborNode, conv: _Converted) -> str | None:
-    """The blocks pass: for bodies made of paragraph-like blocks and inline markup only (most of them).
+def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
+    """The runs pass, for bodies of blocks, inline markup, flat lists and <pre> (most of them).
 
-    Returns the text of each block, separated by block markers, or None (tree untouched) when
-    the body has anything else. Unwrapping the inline elements (deleting the empty ones, such
-    as <img>) and merging adjacent text nodes leaves one text node per run of text between two
-    block boundaries, so lexbor's own `text(separator=...)` writes what the general pass's
-    markers would: the same text, a separator wherever a block starts or ends (runs of
-    whitespace only are skipped, as the layout would drop them). That takes one C call per
-    inline element instead of two marker insertions per block. Tests compare both passes.
+    Returns the text with a block separator between runs of text, the images removed, whether
+    there is a <pre> and whether there are markers (lists or <pre>: _join_runs lays those out,
+    _join_blocks the rest); or None, tree untouched, when the body has anything else.
+    Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
+    adjacent text nodes leaves one text node per run of text between two element boundaries,
+    so lexbor's own `text(separator=...)` marks every block boundary in C; only lists and <pre>
+    get marker text nodes, inserted after the merge so that each is a run of its own, and
+    _join_runs lays the runs out. That is one C call per inline element and per list item
+    instead of two marker insertions per block. Tests compare it with the general pass.
     """
     nodes = root.traverse()
     next(nodes)  # the container itself
     inline = []
+    marked = []
     images = 0
     for node in nodes:
         tag = node.tag
         if tag in _BLOCK_TAGS:
             continue
-        if tag is None or tag in _NOT_BLOCKS_ONLY or tag[0] == "-":
+        if tag in _RUN_MARKERS:
+            marked.append(node)
+        elif tag is None or tag in _NOT_IN_RUNS or tag[0] == "-":
             return None
-        if tag == "img":
-            images += 1
-        inline.append(node)
+        else:
+            images += tag == "img"
+            inline.append(node)
     if inline:
         # Document order: an element is unwrapped before its descendants, and only empty
         # elements (which have none) are deleted, so every node here is still alive when reached.
         for node in inline:
             node.unwrap(delete_empty=True)
         root.merge_text_nodes()
-        conv.images_dropped += images
-    return root.text(separator="\x00P", skip_empty=True)
+    has_pre = False
+    for node in marked:
+        tag = node.tag
+        before, after = _RUN_MARKERS[tag]
+        if tag == "ol":
+            before = f"\x00O{_ol_start(node)};"
+        elif tag == "pre" or tag == "listing":
+            has_pre = True
+        if before:
+            node.insert_before(before)
+        if after:
+            node.insert_after(after)
+    return root.text(separator="\x00P", skip_empty=True), images, has_pre, bool(marked)
+
+
+def _join_runs(text: str) -> str | None:
+    """Lay out _runs_text's runs (normalised): what _layout makes of the same body, or None.
+
+    Blocks are joined by blank lines; a list is one block of its non-empty items, one per line,
+    "- " or "N. " and the item's text (an empty item still takes its number); a <pre> keeps
+    its text verbatim (trailing whitespace aside, as _layout does). None, for the general pass
+    to decide, when the runs are not that simple: a nested list, a list item of more than one
+    run, text in a list outside its items, an item outside a list, a <pre> not holding exactly
+    one run of text, a list or block inside a <pre>.
+    """
+    runs = _squash_unprotected(text).split("\x00P")
+    out: list[str] = []
+    lines: list[str] | None = None  # the open list's lines
+    ordered = item = in_pre = False
+    number = 0  # the open list's next item number
+    pre: str | None = None
+    for run in runs:
+        if run[:1] == "\x00":  # a marker: always a run of its own
+            code = run[1:2]
+            if code == "I":
+                if lines is None:
+                    return None
+                item = True
+                number += 1
+            elif code == "U" or code == "O":
+                if lines is not None or in_pre:
+                    return None
+                lines = []
+                ordered = code == "O"
+                number = int(run[2:-1]) - 1 if ordered else 0
+                item = False
+            elif code == "E":
+                if lines is None or in_pre:
+                    return None
+                out.append("\n".join(lines))
+                lines = None
+            elif code == "X":
+                if lines is not None or in_pre:
+                    return None
+                in_pre, pre = True, None
+            else:  # "x"
+                if not in_pre or not pre:
+                    return None
+                out.append(pre)
+                in_pre = False
+        elif in_pre:
+            if pre is not None:
+                return None
+            pre = run.rstrip(" \t\n")
+        elif lines is not None:
+            if not item:
+                return None
+            item = False
+            run = run.strip()
+            if run:
+                lines.append(f"{number}. {run}" if ordered else "- " + run)
+        else:
+            out.append(run.strip())
+    if lines is not None or in_pre:
+        return None
+    return "\n\n".join(filter(None, out)).strip()
 
 
 def _ol_start(node: LexborNode) -> int:
@@ -486,13 +572,32 @@ def _squash(s: str) -> str:
 _SAME_AS_ONE = (("\x00P \x00P", "\x00P"), ("\x00P\x00P", "\x00P"), ("\x00i \x00I", "\x00I"), ("\x00i\x00I", "\x00I"))
 
 
+def _squash_outside_pre(marked: str) -> str:
+    # _collapse's whitespace step for text without "$$": what splitting on _PROTECTED does, with
+    # str.find (each <pre> span runs from its start marker to the next end marker, as the
+    # non-greedy regex does) instead of a regex that tries a match at every position.
+    out = []
+    pos = 0
+    while (start := marked.find("\x00X", pos)) >= 0 and (end := marked.find("\x00x", start + 2)) >= 0:
+        out += (_squash(marked[pos:start]), marked[start : end + 2])
+        pos = end + 2
+    out.append(_squash(marked[pos:]))
+    return "".join(out)
+
+
+def _squash_unprotected(marked: str) -> str:
+    """Whitespace runs become one space outside <pre> spans and $$...$$ spans (_PROTECTED)."""
+    if "\x00X" not in marked:
+        return _squash_outside_math(marked)
+    if "$$" not in marked:
+        return _squash_outside_pre(marked)
+    parts = _PROTECTED.split(marked)
+    return "".join([p if i % 2 else _squash(p) for i, p in enumerate(parts)])
+
+
 def _collapse(marked: str) -> str:
     """Whitespace runs become one space, except inside <pre> and $$...$$ spans."""
-    if "\x00X" not in marked and "$$" not in marked:
-        marked = _squash(marked)
-    else:
-        parts = _PROTECTED.split(marked)
-        marked = "".join(p if i % 2 else _squash(p) for i, p in enumerate(parts))
+    marked = _squash_unprotected(marked)
     # Fewer pieces for the layout loop: back-to-back block ends and starts mean the same as one.
     for pair, one in _SAME_AS_ONE:
         if pair in marked:
@@ -608,6 +713,8 @@ def _lay_out(marked: str) -> str:
     """
     if _NON_BLOCK_MARKER.search(marked) is None:
         return _join_blocks(marked)
+    if _NON_LIST_MARKER.search(marked) is not None:  # tables, <br>, <pre>: no shortcut
+        return _layout(_collapse(marked))
     squashed = _squash_outside_math(marked)
     if _FLAT_LISTS.fullmatch(squashed) is None:
         return _layout(_collapse(marked))
@@ -615,6 +722,7 @@ def _lay_out(marked: str) -> str:
 
 
 _NON_BLOCK_MARKER = re.compile("\x00[^P]")
+_NON_LIST_MARKER = re.compile("\x00[^PUOIiE]")
 
 
 def _join_blocks(marked: str) -> str:
@@ -712,7 +820,7 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     conv.text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _convert(html: str, config: CleaningConfig, blocks_pass: bool = True) -> _Converted:
+def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
     conv = _Converted("")
     if not html:
         return conv
@@ -725,11 +833,15 @@ def _convert(html: str, config: CleaningConfig, blocks_pass: bool = True) -> _Co
         html = html.replace("\x00", "")
     root = _parse_into_container(html)
     find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
-    blocks = _blocks_text(root, conv) if blocks_pass and not find_notices else None
-    if blocks is not None:
-        text, conv.chars_normalized = normalize_chars(blocks, config.normalization)
-        conv.text = _join_blocks(text)
-        return conv
+    runs = _runs_text(root) if runs_pass and not find_notices else None
+    if runs is not None:
+        text, images, has_pre, markers = runs
+        text, changed = normalize_chars(text, config.normalization)
+        laid_out = _join_runs(text) if markers else _join_blocks(text)
+        if laid_out is not None:
+            conv.text, conv.chars_normalized, conv.images_dropped, conv.has_pre = laid_out, changed, images, has_pre
+            return conv
+        root = _parse_into_container(html)  # the runs pass changed the tree: start again
     marked = _mark(root, conv, find_notices)
     if not marked:
         return conv
