@@ -421,6 +421,24 @@ _RUN_MARKERS: dict[str, tuple[str, str]] = {
 _NOT_IN_RUNS = frozenset(_AROUND).difference(_BLOCK_TAGS, _RUN_MARKERS) | _DROP_TAGS
 
 
+def _tag_id(tag: str) -> int:
+    """Lexbor's id for a standard tag name (a constant of its tag table), read off a parse."""
+    for context in ("{}", "<table>{}</table>", "<table><tr>{}</tr></table>"):  # cells only exist in rows
+        for node in LexborHTMLParser(context.format(f"<{tag}></{tag}>")).root.traverse():
+            if node.tag == tag:
+                return node.tag_id
+    raise AssertionError(f"no <{tag}> in any parse")
+
+
+_BLOCK_IDS = frozenset(map(_tag_id, _BLOCK_TAGS))
+_RUN_MARKER_IDS = frozenset(map(_tag_id, _RUN_MARKERS))
+_NOT_IN_RUNS_IDS = frozenset(map(_tag_id, _NOT_IN_RUNS))
+_IMG_ID = _tag_id("img")
+# Lexbor numbers its node kinds (text, comment, doctype, ...) below its first tag, "a"; a
+# processing instruction has id 0.
+_FIRST_ELEMENT_ID = _tag_id("a")
+
+
 def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
     """The runs pass, for bodies of blocks, inline markup, flat lists and <pre> (most of them).
 
@@ -440,15 +458,15 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
     marked = []
     images = 0
     for node in nodes:
-        tag = node.tag
-        if tag in _BLOCK_TAGS:
+        tag = node.tag_id  # an int: cheaper than the name, which is a new str on every call
+        if tag in _BLOCK_IDS:
             continue
-        if tag in _RUN_MARKERS:
+        if tag in _RUN_MARKER_IDS:
             marked.append(node)
-        elif tag is None or tag in _NOT_IN_RUNS or tag[0] == "-":
+        elif tag in _NOT_IN_RUNS_IDS or tag < _FIRST_ELEMENT_ID:  # below: comments, instructions
             return None
         else:
-            images += tag == "img"
+            images += tag == _IMG_ID
             inline.append(node)
     if inline:
         # Document order: an element is unwrapped before its descendants, and only empty
