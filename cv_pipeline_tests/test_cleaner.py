@@ -522,7 +522,8 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
 # The fast paths give exactly what the general ones give
 
 _RUNS_TAGS = ["p", "div", "blockquote", "h2", "dl", "dd", "em", "strong", "a", "code", "span", "b", "i", "sup",
-              "math", "mi", "u", "abbr", "ul", "ol", "li", "pre", "menu", "listing"]
+              "math", "mi", "u", "abbr", "ul", "ol", "li", "pre", "menu", "listing", "table", "tr", "td", "th",
+              "caption", "thead", "tbody"]
 
 
 @st.composite
@@ -537,7 +538,8 @@ def _runs_token(draw: st.DrawFn) -> str:
         return draw(st.sampled_from(["<img src='x.png' alt='enter image description here'>", "<hr>", "<em></em>",
                                      "<a href='https://x'></a>", "<span> </span>", "<ol start=' 7'>",
                                      "<ol start='x'>", "<li></li>", "<li> </li>", "<pre>\n  x  \n</pre>",
-                                     "<pre> </pre>", "<pre><code>a\n\n b</code></pre>"]))
+                                     "<pre> </pre>", "<pre><code>a\n\n b</code></pre>", "<br>", "<br><br>",
+                                     "<br/> <br>", "<table><tr><td>a</td><td></td><td> b </td></tr></table>"]))
     if kind == 3:
         return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
                                      "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;", "\r"]))
@@ -590,19 +592,27 @@ def test_runs_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
         ("<p>x</p><ol start='3'>\n<li>a <em>b</em></li>\n<li></li>\n<li>c</li></ol><ul><li>d</li></ul>",
          "x\n\n3. a b\n5. c\n\n- d", 0),
         ("<p>Run:</p><pre><code>  x = 1\n\ny  =  2\n</code></pre><p>done</p>", "Run:\n\n  x = 1\n\ny  =  2\n\ndone", 0),
+        ("<p><br>a <br> b<br><br><br>c<br></p><p>d</p>", "a\nb\n\nc\n\nd", 0),
+        ("<div class='s-table-container'><table><thead><tr><th>k</th><th>v</th></tr></thead>\n<tbody>"
+         "<tr><td></td><td><em>1</em><br>2</td></tr><tr><td>x</td><td></td><td><p>y</p><p>z</p></td></tr>"
+         "</tbody></table></div><p>after</p>", "k | v\n| 1 2\nx | | y z\n\nafter", 0),
     ],
 )
 def test_runs_pass_layouts(html: str, expected: str, images: int) -> None:
     assert _runs_pass_lays_out(html)
-    conv = cleaner._convert(html, CleaningConfig())
+    conv, general = _both_passes(html, CleaningConfig())
     assert (conv.text, conv.images_dropped, conv.has_pre) == (expected, images, "<pre>" in html)
+    assert conv == general
 
 
 @pytest.mark.parametrize(
     "html",
-    ["<p>a<br>b</p>", "<p>a<!-- c -->b</p>", "<table><tr><td>a</td></tr></table>",  # never taken
-     "<ul><li>a<ul><li>b</li></ul></li></ul>", "<ul><li><p>a</p><p>b</p></li></ul>", "<li>stray</li>",
-     "<ul>text<li>a</li></ul>", "<pre> </pre>", "<pre><p>a</p><p>b</p></pre>"],  # handed over
+    ["<p>a<!-- c -->b</p>", "<aside class='s-notice'>n</aside><p>a</p>", "<p>a</p><script>x</script>",  # never taken
+     "<ul><li>a<ul><li>b</li></ul></li></ul>", "<ul><li><br>a</li></ul>", "<li>stray</li>",  # handed over
+     "<ul>text<li>a</li></ul>", "<ul><li>a<br>b</li></ul>", "<pre> </pre>", "<pre><p>a</p><p>b</p></pre>",
+     "<pre>a<br>b</pre>", "<table><tr><td><ul><li>a</li></ul></td></tr></table>",
+     "<ul><li><table><tr><td>a</td></tr></table></li></ul>", "<table><caption><p>a</p><p>b</p></caption></table>",
+     "<table><tr><td><table><tr><td>a</td></tr></table></td></tr></table>"],
 )
 def test_runs_pass_hands_over_what_it_cannot_lay_out(html: str) -> None:
     assert not _runs_pass_lays_out(html)

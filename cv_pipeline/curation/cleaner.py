@@ -415,10 +415,11 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
 _RUN_MARKERS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("ul", "menu", "dir"), ("\x00U", "\x00E")),
     "ol": ("", "\x00E"),  # its opening marker carries the start number
-    "li": ("\x00I", ""),
-    **dict.fromkeys(("pre", "listing"), ("\x00X", "\x00x")),
+    "table": ("\x00T", "\x00t"),
+    **dict.fromkeys(("tr", "caption"), ("\x00R", "")),
+    **dict.fromkeys(("td", "th"), ("\x00C", "")),
 }
-_NOT_IN_RUNS = frozenset(_AROUND).difference(_BLOCK_TAGS, _RUN_MARKERS) | _DROP_TAGS
+_NOT_IN_RUNS = frozenset(_AROUND).difference(_BLOCK_TAGS, _RUN_MARKERS, ("br", "li", "pre", "listing")) | _DROP_TAGS
 
 
 def _tag_id(tag: str) -> int:
@@ -434,28 +435,36 @@ _BLOCK_IDS = frozenset(map(_tag_id, _BLOCK_TAGS))
 _RUN_MARKER_IDS = frozenset(map(_tag_id, _RUN_MARKERS))
 _NOT_IN_RUNS_IDS = frozenset(map(_tag_id, _NOT_IN_RUNS))
 _IMG_ID = _tag_id("img")
+_BR_ID = _tag_id("br")
+_LI_ID = _tag_id("li")
+_PRE_IDS = frozenset(map(_tag_id, ("pre", "listing")))
 # Lexbor numbers its node kinds (text, comment, doctype, ...) below its first tag, "a"; a
 # processing instruction has id 0.
 _FIRST_ELEMENT_ID = _tag_id("a")
 
 
 def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
-    """The runs pass, for bodies of blocks, inline markup, flat lists and <pre> (most of them).
+    """The runs pass, for bodies without notices, dropped elements or comments (most of them).
 
     Returns the text with a block separator between runs of text, the images removed, whether
-    there is a <pre> and whether there are markers (lists or <pre>: _join_runs lays those out,
-    _join_blocks the rest); or None, tree untouched, when the body has anything else.
+    there is a <pre> and whether there are markers (_join_runs lays those out, _join_blocks
+    the rest); or None, tree untouched, when the body has anything else.
+
     Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
     adjacent text nodes leaves one text node per run of text between two element boundaries,
-    so lexbor's own `text(separator=...)` marks every block boundary in C; only lists and <pre>
-    get marker text nodes, inserted after the merge so that each is a run of its own, and
-    _join_runs lays the runs out. That is one C call per inline element and per list item
-    instead of two marker insertions per block. Tests compare it with the general pass.
+    so lexbor's own `text(separator=...)` marks every block boundary in C. A <br> becomes a
+    marker inside its run (it is replaced before the merge); lists, <pre> and tables get marker
+    text nodes inserted after the merge, so that each is a run of its own. That is one C call
+    per inline element, line break, list item or cell instead of two marker insertions per
+    block. Tests compare the result with the general pass.
     """
     nodes = root.traverse()
     next(nodes)  # the container itself
     inline = []
     marked = []
+    breaks = []
+    items = []
+    pres = []
     images = 0
     for node in nodes:
         tag = node.tag_id  # an int: cheaper than the name, which is a new str on every call
@@ -463,93 +472,165 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
             continue
         if tag in _RUN_MARKER_IDS:
             marked.append(node)
+        elif tag == _BR_ID:
+            breaks.append(node)
+        elif tag == _LI_ID:
+            items.append(node)
+        elif tag in _PRE_IDS:
+            pres.append(node)
         elif tag in _NOT_IN_RUNS_IDS or tag < _FIRST_ELEMENT_ID:  # below: comments, instructions
             return None
         else:
             images += tag == _IMG_ID
             inline.append(node)
-    if inline:
-        # Document order: an element is unwrapped before its descendants, and only empty
-        # elements (which have none) are deleted, so every node here is still alive when reached.
-        for node in inline:
-            node.unwrap(delete_empty=True)
+    # Document order: an element is unwrapped before its descendants, and only empty elements
+    # (which have none) are deleted, so every node here is still alive when reached.
+    for node in inline:
+        node.unwrap(delete_empty=True)
+    for node in breaks:
+        node.replace_with("\x00B")
+    # An item's or a <pre>'s start marker joins its first run of text (so a run after an empty
+    # item, or whitespace before a block in a <pre>, cannot pass for its content); its end
+    # marker, inserted after the merge, is a run of its own.
+    for node, start in [*((n, "\x00I") for n in items), *((n, "\x00X") for n in pres)]:
+        first = node.first_child
+        if first is None:
+            node.insert_child(start)
+        else:
+            first.insert_before(start)
+    if inline or breaks or items or pres:
         root.merge_text_nodes()
-    has_pre = False
+    for node in items:
+        node.insert_after("\x00i")
+    for node in pres:
+        node.insert_after("\x00x")
     for node in marked:
         tag = node.tag
         before, after = _RUN_MARKERS[tag]
         if tag == "ol":
             before = f"\x00O{_ol_start(node)};"
-        elif tag == "pre" or tag == "listing":
-            has_pre = True
         if before:
             node.insert_before(before)
         if after:
             node.insert_after(after)
-    return root.text(separator="\x00P", skip_empty=True), images, has_pre, bool(marked)
+    markers = bool(marked or breaks or items or pres)
+    return root.text(separator="\x00P", skip_empty=True), images, bool(pres), markers
 
 
 def _join_runs(text: str) -> str | None:
     """Lay out _runs_text's runs (normalised): what _layout makes of the same body, or None.
 
-    Blocks are joined by blank lines; a list is one block of its non-empty items, one per line,
-    "- " or "N. " and the item's text (an empty item still takes its number); a <pre> keeps
-    its text verbatim (trailing whitespace aside, as _layout does). None, for the general pass
-    to decide, when the runs are not that simple: a nested list, a list item of more than one
-    run, text in a list outside its items, an item outside a list, a <pre> not holding exactly
-    one run of text, a list or block inside a <pre>.
+    Blocks are joined by blank lines; within a block, line breaks ("\\x00B") start a new line,
+    two or more a blank line. A list is one block of its non-empty items, one per line, "- "
+    or "N. " and the item's text (an empty item still takes its number). A <pre> keeps its text
+    verbatim (trailing whitespace aside, as _layout does). A table is one block of its rows,
+    one per line, cells joined by " | " (blocks and line breaks in a cell become spaces).
+    None, for the general pass to decide, when the runs are not that simple: nesting (a list,
+    table or <pre> in another, a list item or caption of more than one run, a line break in an
+    item), text in a list outside its items, an item or row outside its list or table, a <pre>
+    not holding exactly one run of plain text.
     """
     runs = _squash_unprotected(text).split("\x00P")
     out: list[str] = []
-    lines: list[str] | None = None  # the open list's lines
-    ordered = item = in_pre = False
-    number = 0  # the open list's next item number
-    pre: str | None = None
+    lines: list[str] | None = None  # the open list's or table's lines
+    cells: list[list[str]] | None = None  # the open table row's cells, each a list of runs
+    caption: list[str] = []  # runs of the open table row before its first cell (a <caption>)
+    ordered = in_pre = in_table = False
+    number = 0  # the open list's last item number
+    item: list[str] | None = None  # the open item's runs of text
+    pre = ""
     for run in runs:
-        if run[:1] == "\x00":  # a marker: always a run of its own
-            code = run[1:2]
-            if code == "I":
-                if lines is None:
+        code = run[1:2] if run[:1] == "\x00" else ""
+        if code == "I":  # an item: its marker, then its first run of text
+            if lines is None or in_table or item is not None:
+                return None
+            number += 1
+            item = []
+            run = run[2:]
+        elif code == "i":
+            if item is None:
+                return None
+            if item:  # the first line takes the bullet or number, further ones are indented
+                lines.append((f"{number}. " if ordered else "- ") + "\n  ".join(item))  # type: ignore[union-attr]
+            item = None
+            continue
+        if code and code != "B" and code != "I":  # a structure marker: always a run of its own
+            if code == "C":
+                if cells is None or caption:
                     return None
-                item = True
-                number += 1
-            elif code == "U" or code == "O":
+                cells.append([])
+            elif code == "R" or code == "t":
+                if not in_table:
+                    return None
+                if cells is not None:
+                    row = " ".join(caption) if caption else " | ".join([" ".join(cell) for cell in cells])
+                    lines.append(_squash(row.replace("\x00B", " ")).strip())  # type: ignore[union-attr]
+                cells, caption = ([], []) if code == "R" else (None, [])
+                if code == "t":
+                    out.append("\n".join(filter(None, lines)))  # type: ignore[arg-type]
+                    lines, in_table = None, False
+            elif in_table:
+                return None
+            elif code == "U" or code == "O" or code == "T":
                 if lines is not None or in_pre:
                     return None
                 lines = []
+                in_table = code == "T"
                 ordered = code == "O"
                 number = int(run[2:-1]) - 1 if ordered else 0
-                item = False
             elif code == "E":
-                if lines is None or in_pre:
+                if lines is None or in_pre or item is not None:
                     return None
                 out.append("\n".join(lines))
                 lines = None
-            elif code == "X":
-                if lines is not None or in_pre:
+            elif code == "X":  # a <pre>: its marker and all of its text, verbatim
+                if lines is not None or in_pre or "\x00" in run[2:]:
                     return None
-                in_pre, pre = True, None
+                in_pre, pre = True, run[2:].rstrip(" \t\n")
             else:  # "x"
                 if not in_pre or not pre:
                     return None
                 out.append(pre)
                 in_pre = False
-        elif in_pre:
-            if pre is not None:
+        elif in_pre:  # a second run in a <pre>: a block inside it
+            return None
+        elif in_table:
+            if cells is None:
                 return None
-            pre = run.rstrip(" \t\n")
-        elif lines is not None:
-            if not item:
+            if cells:
+                cells[-1].append(run)
+            elif caption or "\x00" in run:
                 return None
-            item = False
+            else:
+                caption.append(run)
+        elif lines is not None:  # text in a list: only inside an item, and without line breaks
+            if item is None or "\x00" in run:
+                return None
             run = run.strip()
             if run:
-                lines.append(f"{number}. {run}" if ordered else "- " + run)
+                item.append(run)
+        elif "\x00" in run:
+            out.append(_break_lines(run))
         else:
             out.append(run.strip())
     if lines is not None or in_pre:
         return None
     return "\n\n".join(filter(None, out)).strip()
+
+
+def _break_lines(run: str) -> str:
+    # A block's run with line breaks: one break starts a new line, two or more a blank line.
+    out: list[str] = []
+    gap = 0
+    for piece in run.split("\x00B"):
+        piece = piece.strip()
+        if piece:
+            if out:
+                out.append("\n" if gap == 1 else "\n\n")
+            out.append(piece)
+            gap = 0
+        gap += 1
+    return "".join(out)
 
 
 def _ol_start(node: LexborNode) -> int:
