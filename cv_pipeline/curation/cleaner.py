@@ -492,18 +492,17 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
     # An item's or a <pre>'s start marker joins its first run of text (so a run after an empty
     # item, or whitespace before a block in a <pre>, cannot pass for its content); its end
     # marker, inserted after the merge, is a run of its own.
-    for node, start in [*((n, "\x00I") for n in items), *((n, "\x00X") for n in pres)]:
+    starts = [*((n, "\x00I") for n in items), *((n, "\x00X") for n in pres)] if items or pres else ()
+    for node, start in starts:
         first = node.first_child
         if first is None:
             node.insert_child(start)
         else:
             first.insert_before(start)
-    if inline or breaks or items or pres:
+    if inline or breaks or starts:
         root.merge_text_nodes()
-    for node in items:
-        node.insert_after("\x00i")
-    for node in pres:
-        node.insert_after("\x00x")
+    for node, start in starts:
+        node.insert_after("\x00i" if start == "\x00I" else "\x00x")
     for node in marked:
         tag = node.tag
         before, after = _RUN_MARKERS[tag]
@@ -513,7 +512,7 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
             node.insert_before(before)
         if after:
             node.insert_after(after)
-    markers = bool(marked or breaks or items or pres)
+    markers = bool(marked or breaks or starts)
     return root.text(separator="\x00P", skip_empty=True), images, bool(pres), markers
 
 
