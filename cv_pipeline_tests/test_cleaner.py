@@ -6,6 +6,7 @@ import html as html_lib
 import json
 import re
 import unicodedata
+from xml.etree import ElementTree
 from datetime import timedelta
 from pathlib import Path
 
@@ -572,6 +573,8 @@ def test_runs_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
     corpus = SampleCorpus(n_questions=600, seed=3)
     bodies = [path.read_text(encoding="utf-8") for path in sorted((realdata / "bodies").glob("*.html"))]
     bodies += [path.read_text(encoding="utf-8") for path in sorted((realdata / "cv").glob("*.html"))]
+    for dump in sorted(realdata.glob("posts_sample_*.xml")):
+        bodies += [row.get("Body") or "" for row in ElementTree.parse(dump).getroot().iter("row")]
     for rank in range(len(corpus)):
         item = corpus.question(rank)
         bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
