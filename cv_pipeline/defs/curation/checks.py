@@ -1,4 +1,13 @@
+"""Asset checks on the cleaned pairs and the chat dataset.
+
+One `multi_asset_check` per asset: each reads the asset's files once and reports every check on
+them (the UI still lists, runs and shows each check on its own; `can_subset` lets one be run
+alone). The chat_dataset checks are blocking: a dataset that fails any of them stops the run
+before training spends GPU time on it.
+"""
+
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -6,47 +15,86 @@ import dagster as dg
 from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import SPLITS, read_cleaned
 from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
-
-chat_dataset = dg.AssetKey("chat_dataset")
 from cv_pipeline.defs.resources import DataDirResource
 
+chat_dataset = dg.AssetKey("chat_dataset")
 
-def _result(bad: list[int], what: str) -> dg.AssetCheckResult:
+
+def _result(asset: dg.AssetKey, name: str, bad: list[int], what: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
         passed=not bad,
         metadata={"failing_rows": len(bad), "example_question_ids": dg.MetadataValue.json(bad[:20]), "rule": what},
     )
 
 
-def _cleaned_rows(data_dir: DataDirResource) -> list[dict]:
-    return read_cleaned(sorted(data_dir.sub("cleaned").glob("pairs_*.parquet")))
+def _run_selected(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    checks: dict[str, tuple[str, Callable[[], list[int]]]],
+) -> Iterator[dg.AssetCheckResult]:
+    for name, (rule, find_bad) in checks.items():
+        if dg.AssetCheckKey(asset, name) in context.selected_asset_check_keys:
+            yield _result(asset, name, find_bad(), rule)
 
 
-@dg.asset_check(asset=cleaned_qa_pairs, description="No HTML tags or post-notice text left in any pair.")
-def cleaned_has_no_markup(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    return _result(validate.rows_with_markup(_cleaned_rows(data_dir)), "no markup or notice text")
+# ---------------------------------------------------------------------------------------------
+# cleaned_qa_pairs
+
+_CLEANED_ASSET = cleaned_qa_pairs.key
 
 
-@dg.asset_check(asset=cleaned_qa_pairs, description="No kept pair comes from a post with a code block.")
-def cleaned_has_no_code_block_posts(data_dir: DataDirResource) -> dg.AssetCheckResult:
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec("cleaned_has_no_markup", asset=_CLEANED_ASSET,
+                          description="No HTML tags or post-notice text left in any pair."),
+        dg.AssetCheckSpec("cleaned_has_no_code_block_posts", asset=_CLEANED_ASSET,
+                          description="No kept pair comes from a post with a code block."),
+        dg.AssetCheckSpec("cleaned_rows_complete", asset=_CLEANED_ASSET,
+                          description="Every pair has a question, an answer and a licence."),
+    ],
+    can_subset=True,
+    name="cleaned_qa_pairs_checks",
+)
+def cleaned_qa_pairs_checks(
+    context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
+) -> Iterator[dg.AssetCheckResult]:
+    rows = read_cleaned(sorted(data_dir.sub("cleaned").glob("pairs_*.parquet")))  # read once for all checks
+    yield from _run_selected(
+        context,
+        _CLEANED_ASSET,
+        {
+            "cleaned_has_no_markup": ("no markup or notice text", lambda: validate.rows_with_markup(rows)),
+            "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows)),
+            "cleaned_rows_complete": (
+                "non-empty, licensed",
+                lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_license(rows))),
+            ),
+        },
+    )
+
+
+def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
+    """Kept pairs whose raw question or top answer has a <pre> code block."""
     from cv_pipeline.collection import load_batch
     from cv_pipeline.curation.cleaner import has_code_block
 
-    kept = {r["question_id"] for r in _cleaned_rows(data_dir)}
+    kept = {r["question_id"] for r in rows}
     bad = []
     for raw in sorted(data_dir.sub("raw").glob("questions_*.json")):
         if raw.name.endswith(".stats.json"):  # the run-stats sidecar, not a batch
             continue
         for q in load_batch(raw).questions:
-            if q.question_id in kept and (has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html))):
+            if q.question_id in kept and (
+                has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html))
+            ):
                 bad.append(q.question_id)
-    return _result(bad, "no pair from a <pre> post")
+    return bad
 
 
-@dg.asset_check(asset=cleaned_qa_pairs, description="Every pair has a question, an answer and a licence.")
-def cleaned_rows_complete(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    rows = _cleaned_rows(data_dir)
-    return _result(sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_license(rows))), "non-empty, licensed")
+# ---------------------------------------------------------------------------------------------
+# chat_dataset (blocking)
 
 
 def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
@@ -54,28 +102,45 @@ def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
     return {s: [json.loads(line) for line in (root / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in SPLITS}
 
 
-# Blocking: a dataset that fails any of these stops the run before training spends GPU time on it.
-@dg.asset_check(asset=chat_dataset, blocking=True, description="Messages alternate user/assistant and none is empty.")
-def chat_roles_alternate(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    return _result([q for rows in _splits(data_dir).values() for q in validate.bad_roles(rows)], "roles alternate, no empty message")
-
-
-@dg.asset_check(asset=chat_dataset, blocking=True, description="No question id appears in two splits.")
-def chat_splits_disjoint(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    return _result(validate.ids_in_two_splits(_splits(data_dir)), "splits disjoint")
-
-
-@dg.asset_check(asset=chat_dataset, blocking=True, description="Every row carries its licence and link.")
-def chat_rows_licensed(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    rows = [r for rows in _splits(data_dir).values() for r in rows]
-    return _result([r["question_id"] for r in rows if not r.get("license") or not r.get("link")], "licence and link present")
-
-
-@dg.asset_check(asset=chat_dataset, blocking=True, description="No HTML or notice text in any message.")
-def chat_has_no_markup(data_dir: DataDirResource) -> dg.AssetCheckResult:
-    rows = [
-        {"question_id": r["question_id"], "question": r["messages"][0]["content"], "answer": r["messages"][-1]["content"]}
-        for rows in _splits(data_dir).values()
-        for r in rows
-    ]
-    return _result(validate.rows_with_markup(rows), "no markup")
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec("chat_roles_alternate", asset=chat_dataset, blocking=True,
+                          description="Messages alternate user/assistant and none is empty."),
+        dg.AssetCheckSpec("chat_splits_disjoint", asset=chat_dataset, blocking=True,
+                          description="No question id appears in two splits."),
+        dg.AssetCheckSpec("chat_rows_licensed", asset=chat_dataset, blocking=True,
+                          description="Every row carries its licence and link."),
+        dg.AssetCheckSpec("chat_has_no_markup", asset=chat_dataset, blocking=True,
+                          description="No HTML or notice text in any message."),
+    ],
+    can_subset=True,
+    name="chat_dataset_checks",
+)
+def chat_dataset_checks(
+    context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
+) -> Iterator[dg.AssetCheckResult]:
+    splits = _splits(data_dir)  # read once for all checks
+    rows = [r for split_rows in splits.values() for r in split_rows]
+    yield from _run_selected(
+        context,
+        chat_dataset,
+        {
+            "chat_roles_alternate": (
+                "roles alternate, no empty message",
+                lambda: [q for split_rows in splits.values() for q in validate.bad_roles(split_rows)],
+            ),
+            "chat_splits_disjoint": ("splits disjoint", lambda: validate.ids_in_two_splits(splits)),
+            "chat_rows_licensed": (
+                "licence and link present",
+                lambda: [r["question_id"] for r in rows if not r.get("license") or not r.get("link")],
+            ),
+            "chat_has_no_markup": (
+                "no markup",
+                lambda: validate.rows_with_markup(
+                    {"question_id": r["question_id"], "question": r["messages"][0]["content"],
+                     "answer": r["messages"][-1]["content"]}
+                    for r in rows
+                ),
+            ),
+        },
+    )
