@@ -155,3 +155,12 @@ def test_launchpad_defaults_follow_the_profile(asset, field, demo, full):
         fields = node.config_schema.config_type.fields
         assert fields[field].default_value == expected if expected is not None else not fields[field].default_provided or fields[field].default_value is None
         assert fields[field].description
+
+
+def test_sample_site_source_says_what_it_is():
+    """Batches and run metadata name the sample site as such, not as the public API."""
+    from cv_pipeline.defs.resources import StackExchangeResource
+
+    with StackExchangeResource(source="sample_site", sample_site_questions=50, sample_site_seed=4).open() as src:
+        described = src.describe()
+    assert described == "sample_site n=50 seed=4 http://127.0.0.1/2.3 site=stats"

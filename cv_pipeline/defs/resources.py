@@ -55,12 +55,13 @@ class StackExchangeResource(dg.ConfigurableResource):
                 yield src
             return
         with contextlib.ExitStack() as stack:
-            base_url = self.api_base_url
+            base_url, label = self.api_base_url, "api"
             if self.source == "sample_site":
                 from cv_pipeline.sources.sample_site import SampleSite
 
                 site = stack.enter_context(SampleSite(n_questions=self.sample_site_questions, seed=self.sample_site_seed))
                 base_url = site.base_url
+                label = f"sample_site n={self.sample_site_questions} seed={self.sample_site_seed}"
             from cv_pipeline.sources.api import StackExchangeAPISource
 
             src = stack.enter_context(
@@ -71,6 +72,7 @@ class StackExchangeResource(dg.ConfigurableResource):
                     access_token=self.access_token,
                     keep_all_answers=self.keep_all_answers,
                     requests_per_second=self.requests_per_second,
+                    label=label,
                 )
             )
             yield src

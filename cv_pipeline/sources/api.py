@@ -216,6 +216,7 @@ class StackExchangeAPISource(QuestionSource):
         timeout: float = 30.0,
         requests_per_second: float = 10.0,
         on_page: Callable[[SourcePage], None] | None = None,
+        label: str = "api",
     ):
         if not site or not isinstance(site, str):
             raise ValueError(f"site {site!r} is not a Stack Exchange site name: use e.g. 'stats'")
@@ -229,6 +230,7 @@ class StackExchangeAPISource(QuestionSource):
         self.keep_all_answers = keep_all_answers
         self.max_retries = max_retries
         self.on_page = on_page
+        self.label = label  # what describe() calls this source: "api", or e.g. "sample_site n=10000 seed=0"
         self._has_key = bool(key)
         self._secrets = [s for s in (key, access_token) if s]
         self.governor: RequestGovernor = governor_for(self.base_url, clock, requests_per_second)
@@ -261,7 +263,7 @@ class StackExchangeAPISource(QuestionSource):
             # collections of the same data differ.
             parts = parts._replace(netloc=host)
         # No word about credentials: the same data fetched with or without a key is the same batch.
-        return f"api {urlunsplit(parts)} site={self._site}"
+        return f"{self.label} {urlunsplit(parts)} site={self._site}"
 
     def __repr__(self) -> str:
         return f"StackExchangeAPISource({self.describe()!r})"
