@@ -322,6 +322,35 @@ def test_archives_give_the_same_pages(tmp_path: Path, name: str, pack) -> None:
     assert DumpSource(tmp_path).fetch_page(1) == DumpSource(plain).fetch_page(1)  # a folder holding Posts.xml
 
 
+def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
+    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
+    plain = write_posts(tmp_path / "Posts.xml", [q_row(1, 1), q_row(2, 2), a_row(3, 1, 0), a_row(4, 2, 5)])
+    packed = tmp_path / "stats.stackexchange.com.7z"
+    with py7zr.SevenZipFile(packed, "w") as archive:
+        archive.write(plain, "Posts.xml")
+    extract_dir = tmp_path / "extracted"
+    source = DumpSource(packed, extract_dir=extract_dir)
+    assert all_questions(source) == all_questions(DumpSource(plain))
+    assert (extract_dir / "Posts.xml").is_file()  # extracted once, read from there
+    source.close()
+    with DumpSource(packed) as temporary:  # the default: a temporary folder, removed on close
+        assert temporary.fetch_page(1) == DumpSource(plain).fetch_page(1)
+        extracted = temporary._xml_path
+        assert extracted is not None and extracted.is_file()
+    assert not extracted.exists()
+
+
+def test_7z_without_posts_xml_is_refused(tmp_path: Path) -> None:
+    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
+    users = tmp_path / "Users.xml"
+    _users(users)
+    packed = tmp_path / "stats.stackexchange.com.7z"
+    with py7zr.SevenZipFile(packed, "w") as archive:
+        archive.write(users, "Users.xml")
+    with pytest.raises(SourceError, match="holds no Posts.xml"):
+        DumpSource(packed).fetch_page(1)
+
+
 def test_7z_without_py7zr_says_to_extract_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "py7zr", None)  # make the import fail even where py7zr exists
     path = tmp_path / "stats.stackexchange.com.7z"
