@@ -94,6 +94,47 @@ def test_chatml_template_renders_like_the_training_chat_template(smol_base: Path
     assert ollama == hf
 
 
+def _llama31_chat_template() -> str:
+    """Meta's Llama 3.1 chat template (Llama 3.2 Instruct uses the same format) as Unsloth ships it.
+
+    No Llama tokenizer can be downloaded here; Unsloth's copy is the real Jinja template, with a
+    "{system_message}" placeholder where Meta's has an empty default system message. It is read
+    from Unsloth's source without importing Unsloth (which would patch transformers)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("unsloth")
+    if spec is None or spec.origin is None:
+        pytest.skip("Unsloth ships the Llama 3.1 chat template used as the reference; it is not installed")
+    tree = ast.parse((Path(spec.origin).parent / "chat_templates.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "llama31_template" for t in node.targets):
+            return ast.literal_eval(node.value).replace('"{system_message}"', '""')
+    raise AssertionError("unsloth/chat_templates.py defines no llama31_template")
+
+
+def test_llama3_template_renders_like_the_real_llama31_chat_template(smol_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_base)  # any tokenizer: only its template renders text here
+    tok.chat_template = _llama31_chat_template()
+    tok.bos_token = "<|begin_of_text|>"
+    assert export.detect_chat_format(tok) == "llama3"
+    system = export.default_system_prompt(tok, "llama3")
+    assert system == "Cutting Knowledge Date: December 2023\nToday Date: 26 July 2024\n\n"
+    for explicit in (None, "You answer statistics questions."):
+        chat = [{"role": "user", "content": QUESTION}]
+        hf = tok.apply_chat_template(
+            ([{"role": "system", "content": explicit}] if explicit else []) + chat,
+            tokenize=False, add_generation_prompt=True, date_string="26 July 2024",
+        )
+        # The Modelfile's SYSTEM is the default system text, a chat's own system message replaces it;
+        # Ollama's tokenizer adds <|begin_of_text|> itself (the GGUF's add_bos_token).
+        ollama_system = system if explicit is None else hf.split("\n\n", 1)[1].split("<|eot_id|>", 1)[0]
+        ollama = render_go_template(export.LLAMA3_TEMPLATE, ollama_system, chat)
+        assert hf == "<|begin_of_text|>" + ollama
+
+
 def test_llama3_template_renders_the_llama3_chat_format() -> None:
     rendered = render_go_template(export.LLAMA3_TEMPLATE, "S", [{"role": "user", "content": "Q"}])
     assert rendered == (
