@@ -2,15 +2,17 @@
 
 HTML to text in passes that stay inside C as much as possible: lexbor parses the body (as the
 inner HTML of a reused container, see _Workspace), then one of two passes writes the text.
-- The blocks pass (_blocks_text), for bodies made only of paragraph-like blocks and inline
-  markup (most of them): unwrap the inline elements, merge adjacent text nodes and let
-  lexbor's `text(separator=...)` put a block marker between runs of text; the blocks are then
-  collapsed, stripped and joined with str methods.
-- The general pass (_mark) for the rest: one `traverse()` over the elements marks notices and
-  unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a code letter)
-  at block, list, table and line-break boundaries, `text()` concatenates everything in C, and
-  a short Python loop over the markers lays out paragraphs, list items and table rows (flat
-  lists skip the loop: see _lay_out).
+- The runs pass (_runs_text, _join_runs), for bodies without notices, dropped elements or
+  comments (almost all): unwrap the inline elements, merge adjacent text nodes and let lexbor's
+  own `text(separator=...)` put a separator between runs of text, so block boundaries cost no
+  Python at all; only line breaks, list items, <pre> and table cells get marker text nodes.
+  Bodies of paragraph-like blocks only (most) are then joined with str methods alone.
+- The general pass (_mark, _lay_out) for the rest, and for structures the runs pass hands
+  back (nested lists, a block inside a <pre>, ...): one `traverse()` over the elements marks
+  notices and unwanted subtrees for removal and inserts tiny marker text nodes ("\\x00" + a
+  code letter) at block, list, table and line-break boundaries, `text()` concatenates
+  everything in C, and a short Python loop over the markers lays out paragraphs, list items
+  and table rows (flat lists skip the loop: see _lay_out).
 Both give the same text wherever both apply (tests compare them). NUL can never reach a text
 node (the HTML parser drops a raw NUL and turns `&#0;` into U+FFFD, and we strip NUL from the
 input first), so input cannot forge a marker. Pathologically deep input goes to a linear-time
@@ -409,9 +411,9 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
     return root.text()
 
 
-# The runs pass (see _runs_text) takes blocks, flat lists and <pre>; every other element with
-# markers, every dropped one, comments and processing instructions (tag "-comment", or None)
-# send a body to the general pass.
+# The runs pass (see _runs_text) takes blocks, lists, <pre>, tables and line breaks; the markers
+# it inserts around these elements (items, <pre> and <br> are handled on their own). Dropped
+# elements, comments and processing instructions send a body to the general pass.
 _RUN_MARKERS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("ul", "menu", "dir"), ("\x00U", "\x00E")),
     "ol": ("", "\x00E"),  # its opening marker carries the start number
