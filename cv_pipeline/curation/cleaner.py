@@ -455,10 +455,11 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
     Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
     adjacent text nodes leaves one text node per run of text between two element boundaries,
     so lexbor's own `text(separator=...)` marks every block boundary in C. A <br> becomes a
-    marker inside its run (it is replaced before the merge); lists, <pre> and tables get marker
-    text nodes inserted after the merge, so that each is a run of its own. That is one C call
-    per inline element, line break, list item or cell instead of two marker insertions per
-    block. Tests compare the result with the general pass.
+    marker inside its run (it is replaced before the merge), and so does the start of a list
+    item or <pre> (its marker joins its first run); their ends, lists and tables get marker
+    text nodes inserted after the merge, each a run of its own. That is one or two C calls per
+    inline element, line break, list item or cell instead of two marker insertions per block.
+    Tests compare the result with the general pass.
     """
     nodes = root.traverse()
     next(nodes)  # the container itself
