@@ -392,13 +392,7 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
             continue
         around = _AROUND.get(tag)
         if around is not None:
-            before, after = around
-            if tag == "ol":
-                before = f"\x00O{_ol_start(node)};"
-            if before:
-                node.insert_before(before)
-            if after:
-                node.insert_after(after)
+            _insert_markers(node, tag, around)
         elif tag in _DROP_TAGS:
             drop.append(node)
             conv.elements_dropped += 1
@@ -508,13 +502,7 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
         node.insert_after("\x00i" if start == "\x00I" else "\x00x")
     for node in marked:
         tag = node.tag
-        before, after = _RUN_MARKERS[tag]
-        if tag == "ol":
-            before = f"\x00O{_ol_start(node)};"
-        if before:
-            node.insert_before(before)
-        if after:
-            node.insert_after(after)
+        _insert_markers(node, tag, _RUN_MARKERS[tag])
     markers = bool(marked or breaks or starts)
     return root.text(separator="\x00P", skip_empty=True), images, bool(pres), markers
 
@@ -633,6 +621,17 @@ def _break_lines(run: str) -> str:
             gap = 0
         gap += 1
     return "".join(out)
+
+
+def _insert_markers(node: LexborNode, tag: str, around: tuple[str, str]) -> None:
+    """Insert the marker text nodes that go before and after `node` (an <ol>'s carries its start)."""
+    before, after = around
+    if tag == "ol":
+        before = f"\x00O{_ol_start(node)};"
+    if before:
+        node.insert_before(before)
+    if after:
+        node.insert_after(after)
 
 
 def _ol_start(node: LexborNode) -> int:
