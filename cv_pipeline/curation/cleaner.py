@@ -697,12 +697,15 @@ def _squash_unprotected(marked: str) -> str:
 
 def _collapse(marked: str) -> str:
     """Whitespace runs become one space, except inside <pre> and $$...$$ spans."""
-    marked = _squash_unprotected(marked)
+    return _merge_boundaries(_squash_unprotected(marked))
+
+
+def _merge_boundaries(squashed: str) -> str:
     # Fewer pieces for the layout loop: back-to-back block ends and starts mean the same as one.
     for pair, one in _SAME_AS_ONE:
-        if pair in marked:
-            marked = marked.replace(pair, one)
-    return marked
+        if pair in squashed:
+            squashed = squashed.replace(pair, one)
+    return squashed
 
 
 # Deeper lists keep this indentation: output stays linear in the input even for hostile nesting.
@@ -815,9 +818,9 @@ def _lay_out(marked: str) -> str:
         return _join_blocks(marked)
     if _NON_LIST_MARKER.search(marked) is not None:  # tables, <br>, <pre>: no shortcut
         return _layout(_collapse(marked))
-    squashed = _squash_outside_math(marked)
+    squashed = _squash_outside_math(marked)  # no <pre> here, so this is _collapse's whitespace step
     if _FLAT_LISTS.fullmatch(squashed) is None:
-        return _layout(_collapse(marked))
+        return _layout(_merge_boundaries(squashed))
     return _lay_out_lists(squashed)
 
 
