@@ -40,7 +40,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, NavigableString, Tag
 
 from cv_pipeline.atomic import write_json
 from cv_pipeline.curation import cleaner
@@ -64,8 +64,6 @@ def _bs4_parser_name() -> str:
 def bs4_html_to_text(
     html: str, parser: str = "html.parser", normalization: str = "ascii", our_layout_shortcut: bool = False
 ) -> str:
-    from bs4 import BeautifulSoup, NavigableString, Tag
-
     if not html:
         return ""
     if "\x00" in html:
