@@ -36,26 +36,46 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content
                  "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
 
 
-def build_model_dir(path: Path, tiny: bool) -> None:
-    """Random-weight Llama of the chosen shape + a throwaway word-level tokenizer, saved as a model folder."""
+def build_model_dir(path: Path, tiny: bool, tokenizer_from: Path | None = None) -> None:
+    """Random-weight Llama of the chosen shape + a tokenizer, saved as a model folder.
+
+    The tokenizer is a throwaway word-level one, or, with ``tokenizer_from``, a real model's tokenizer
+    and chat template (the trainer check tokenises real chats with it). The weights are initialised on
+    the GPU when there is one: on the CPU, initialising 3.2B parameters takes minutes.
+    """
+    import shutil
+
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    shape = TINY if tiny else LLAMA_3B
-    config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    shape = dict(TINY if tiny else LLAMA_3B)
+    if tokenizer_from is not None:
+        tok = AutoTokenizer.from_pretrained(tokenizer_from)
+        shape["vocab_size"] = max(shape["vocab_size"], len(tok))
+        ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                   pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    else:
+        vocab = {"<pad>": 0, "<|start|>": 1, "<|end|>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(200)}}
+        raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        raw.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|start|>", eos_token="<|end|>",
+                                      pad_token="<pad>", unk_token="<unk>")
+        tok.chat_template = CHAT_TEMPLATE
+        ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(**shape, **ids)
     config.architectures = ["LlamaForCausalLM"]
     torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(torch.float32 if tiny else torch.bfloat16)
+    dtype = torch.float32 if tiny else torch.bfloat16
+    with torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu"):
+        model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(path)
-    vocab = {"<pad>": 0, "<|start|>": 1, "<|end|>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(200)}}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|start|>", eos_token="<|end|>",
-                                  pad_token="<pad>", unk_token="<unk>")
-    tok.chat_template = CHAT_TEMPLATE
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the stacks run in child processes: give them the whole GPU
     tok.save_pretrained(path)
+    if tokenizer_from is not None and (Path(tokenizer_from) / "chat_template.jinja").is_file():
+        shutil.copy(Path(tokenizer_from) / "chat_template.jinja", Path(path) / "chat_template.jinja")
 
 
 def child(stack: str, model_dir: str, args: argparse.Namespace) -> dict:
@@ -136,7 +156,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=40_000, help="chats per epoch for the projection")
     ap.add_argument("--pair-tokens", type=int, default=450, help="mean tokens per chat for the projection")
     ap.add_argument("--out", type=Path, default=Path("bench_gpu_qlora.json"))
-    ap.add_argument("--model-dir", type=Path, help="reuse a model folder built earlier")
+    ap.add_argument("--model-dir", type=Path, help="reuse a model folder built earlier (built there if missing)")
+    ap.add_argument("--tokenizer-from", type=Path, help="model folder whose tokenizer and chat template to use")
+    ap.add_argument("--build-only", action="store_true", help="build the --model-dir folder and stop")
+    ap.add_argument("--child-timeout", type=float, default=300, help="seconds before one stack is stopped")
     ap.add_argument("--child", nargs=2, metavar=("STACK", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.tiny:
@@ -149,14 +172,24 @@ def main() -> None:
     model_dir = args.model_dir or Path(tmp.name) / "model"
     t0 = time.perf_counter()
     if not (model_dir / "config.json").is_file():
-        build_model_dir(model_dir, args.tiny)
+        build_model_dir(model_dir, args.tiny, args.tokenizer_from)
     results = {"build_model_s": round(time.perf_counter() - t0, 1), "stacks": {}, "errors": {}}
+    if args.build_only:
+        print(f"model folder {model_dir} ready in {results['build_model_s']} s", flush=True)
+        return
     passthrough = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--pairs", str(args.pairs), "--pair-tokens", str(args.pair_tokens)]
     for stack in args.stacks.split(","):
         cmd = [sys.executable, __file__, *passthrough, *(["--tiny"] if args.tiny else []), "--child", stack,
                str(model_dir)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
+        except subprocess.TimeoutExpired as exc:
+            out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                          for x in (exc.stdout or "", exc.stderr or ""))
+            results["errors"][stack] = f"stopped after {args.child_timeout:.0f} s\n" + out[-3000:]
+            print(stack, results["errors"][stack][-500:], flush=True)
+            continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode == 0 and lines:
             results["stacks"][stack] = json.loads(lines[-1][len("RESULT "):])
@@ -168,8 +201,9 @@ def main() -> None:
         results["unsloth_speedup"] = round(s["unsloth"]["tokens_per_s"] / s["plain"]["tokens_per_s"], 2)
         if s["plain"]["peak_memory_gb"]:
             results["unsloth_memory_ratio"] = round(s["unsloth"]["peak_memory_gb"] / s["plain"]["peak_memory_gb"], 2)
-    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("child", "out", "model_dir")}
-    results["shape"] = TINY if args.tiny else LLAMA_3B
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("child", "out", "model_dir", "tokenizer_from")}
+    results["shape"] = {k: v for k, v in json.loads((model_dir / "config.json").read_text()).items()
+                        if k in LLAMA_3B}
     results["versions"] = _versions()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
