@@ -78,9 +78,12 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="2-layer model on the CPU: checks the script")
     ap.add_argument("--chats", type=Path, required=True, help="chat_dataset JSONL (one {'messages': [...]} a line)")
     ap.add_argument("--n-chats", type=int, default=512)
-    ap.add_argument("--max-steps", type=int, default=10, help="optimiser steps (batch 4 x accumulation 4 each)")
+    ap.add_argument("--max-steps", type=int, default=10, help="optimiser steps (batch x accumulation chats each)")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     ap.add_argument("--max-seq-length", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=4, help="per-device batch (the report's 4)")
+    ap.add_argument("--grad-accum", type=int, default=4, help="accumulated passes per step (the report's 4)")
+    ap.add_argument("--packing", action="store_true", help="pack chats into full rows (CUDA only)")
     ap.add_argument("--pairs", type=int, default=40_000, help="pairs of the all-pairs adapter, for the projection")
     ap.add_argument("--pair-tokens", type=int, default=450, help="the report's mean tokens per chat")
     ap.add_argument("--keep-adapter", type=Path, help="copy the trained adapter here (for gpu_eval_check.py)")
@@ -99,7 +102,8 @@ def main() -> None:
     device = detect_device("cpu" if args.tiny else "auto")
     hparams = TrainingHyperparams(max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                   warmup_steps=1, save_steps=args.max_steps, logging_steps=1,
-                                  per_device_batch=2 if args.tiny else 4, grad_accum=2 if args.tiny else 4)
+                                  per_device_batch=2 if args.tiny else args.batch,
+                                  grad_accum=2 if args.tiny else args.grad_accum, packing=args.packing)
     timer = StepTimer()
     result = {"device": device.as_dict(), "hparams": hparams.model_dump(), "n_chats": args.n_chats}
     out_dir = Path(tmp.name) / "run"
