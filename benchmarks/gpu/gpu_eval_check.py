@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for cv_pipeline
 
-import torch  # noqa: E402
+import torch
 
-from cv_pipeline.evaluation.evaluator import generate_answers, load_model  # noqa: E402
+from cv_pipeline.evaluation.evaluator import generate_answers, load_model
 
 
 def main() -> None:

@@ -30,14 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for cv_pipeline
 
 # Unsloth must be imported before transformers, TRL and PEFT; the trainer module does so first.
-from cv_pipeline.training.trainer import TrainingError, train_adapter  # noqa: E402  (isort: skip)
+from cv_pipeline.training.trainer import TrainingError, train_adapter  # isort: skip
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
 
-from cv_pipeline.training.config import ADAPTER_SPECS, LoraHyperparams, TrainingHyperparams  # noqa: E402
-from cv_pipeline.training.device import detect_device  # noqa: E402
+from cv_pipeline.training.config import ADAPTER_SPECS, LoraHyperparams, TrainingHyperparams
+from cv_pipeline.training.device import detect_device
 
 
 class StepTimer(TrainerCallback):

@@ -10,8 +10,18 @@ def training_settings_for(profile: Profile) -> type[dg.Config]:
     class TrainingSettings(dg.Config):
         learning_rate: float = Field(profile.learning_rate, description="Peak AdamW learning rate (the report's 2e-4).")
         warmup_steps: int = Field(profile.warmup_steps, description="Linear warm-up steps.")
-        per_device_batch: int = Field(4, description="Sequences per forward/backward pass (the report's 4).")
-        grad_accum: int = Field(profile.grad_accum, description="Gradient accumulation steps (the report's 4).")
+        per_device_batch: int = Field(
+            profile.per_device_batch, description="Chats per forward/backward pass (the report's 4; full: 16)."
+        )
+        grad_accum: int = Field(
+            profile.grad_accum,
+            description="Passes per optimiser step; batch x this = chats per step (the report's 4 x 4 = 16).",
+        )
+        packing: bool = Field(
+            profile.packing,
+            description="Pack chats into full rows (CUDA only; Unsloth keeps them apart in attention): more tokens "
+            "per step and fewer steps than the report's 16 chats per step.",
+        )
         max_steps: int | None = Field(profile.max_steps, description="Cap on optimizer steps; null trains full epochs.")
         max_seq_length: int = Field(profile.max_seq_length, description="Longest sequence in tokens.")
         save_steps: int = Field(profile.save_steps, description="Checkpoint every N optimizer steps (resumable).")
