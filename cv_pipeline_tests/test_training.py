@@ -390,6 +390,25 @@ def test_qlora_on_cuda_trains_in_4bit(base_dir, tmp_path):
     shutil.rmtree(tmp_path / "checkpoints")
 
 
+@needs_embedded
+def test_gpu_check_model_folder_is_one_the_trainer_accepts(base_dir, tmp_path):
+    """benchmarks/gpu builds its random-weight model with the base's tokenizer; the trainer must take it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.gpu.bench_gpu_qlora import build_model_dir
+
+    build_model_dir(tmp_path / "model", tiny=True, tokenizer_from=base_dir)
+    info = validate_model_dir(tmp_path / "model")
+    base = validate_model_dir(base_dir)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert info.has_chat_template and info.architecture == "LlamaForCausalLM"
+    assert config["num_hidden_layers"] == 2 and config["vocab_size"] >= 49152  # fits every token id
+    assert config["eos_token_id"] == json.loads((base_dir / "config.json").read_text())["eos_token_id"]
+    assert info.content_hash != base.content_hash  # random weights: never mistaken for the real base
+    assert (tmp_path / "model" / "chat_template.jinja").read_text() == (base_dir / "chat_template.jinja").read_text()
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
