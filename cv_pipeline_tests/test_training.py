@@ -391,11 +391,9 @@ def test_qlora_on_cuda_trains_in_4bit(base_dir, tmp_path):
 
 
 @needs_embedded
-def test_gpu_check_model_folder_is_one_the_trainer_accepts(base_dir, tmp_path):
+def test_gpu_check_model_folder_is_one_the_trainer_accepts(base_dir, tmp_path, monkeypatch):
     """benchmarks/gpu builds its random-weight model with the base's tokenizer; the trainer must take it."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.gpu.bench_gpu_qlora import build_model_dir
 
     build_model_dir(tmp_path / "model", tiny=True, tokenizer_from=base_dir)

@@ -9,17 +9,8 @@
 # in $OUT. Expects .gpu/carry/{site.tgz,tokenizer/,chats.jsonl}. A CPU smoke test
 # of the script (2-layer model, ~2 min): TINY=1 SITE=0 OUT=/tmp/x PY=.venv/bin/python bash benchmarks/gpu/run_gpu_checks.sh
 set -uo pipefail
-cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu_checks}
-PY=${PY:-python3}
-TINY=${TINY:+--tiny}
-CARRY=.gpu/carry
-mkdir -p "$OUT"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ "${SITE:-1}" = 1 ] && [ -f "$CARRY/site.tgz" ]; then  # SITE=0: use the installed packages
-  tar xzf "$CARRY/site.tgz" -C /tmp && export PYTHONPATH=/tmp/site
-fi
-MODEL=/tmp/llama3b_random${TINY:+_tiny}
+source "$(dirname "$0")/common.sh"
 rm -rf "$MODEL"
 
 {
@@ -41,7 +32,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
   echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
 }
 
-step build 120 "$PY" benchmarks/gpu/bench_gpu_qlora.py $TINY --build-only --model-dir "$MODEL" --tokenizer-from "$CARRY/tokenizer"
+step build 120 "${BUILD_MODEL[@]}"
 step trainer 160 "$PY" benchmarks/gpu/gpu_trainer_check.py $TINY --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
   --keep-adapter /tmp/gpu_adapter --out "$OUT/gpu_trainer_check.json"
 step eval 90 "$PY" benchmarks/gpu/gpu_eval_check.py --model-dir "$MODEL" --adapter /tmp/gpu_adapter \
