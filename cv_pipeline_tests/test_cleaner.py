@@ -197,6 +197,8 @@ CASES_BOTH_MODES = [
     ),
     ("<p>before</p><table><tr><td>a</td><td></td><td>c</td></tr></table><p>after</p>", "before\n\na | | c\n\nafter"),
     ("<table><tr><td><p>p1</p><p>p2</p></td><td>x<br>y</td></tr></table>", "p1 p2 | x y"),
+    # Display math is MathJax source, kept verbatim even in a table cell.
+    ("<table><tr><td>a</td><td>$$x\n  y$$</td></tr></table>", "a | $$x\n  y$$"),
     ("<pre>  indented\n    code</pre><p>after</p>", "indented\n    code\n\nafter"),
     ("<p>x</p><pre>  kept  as   is</pre>", "x\n\n  kept  as   is"),
     ("<div><p>a</p>tail</div>", "a\n\ntail"),
@@ -540,7 +542,8 @@ def _runs_token(draw: st.DrawFn) -> str:
                                      "<a href='https://x'></a>", "<span> </span>", "<ol start=' 7'>",
                                      "<ol start='x'>", "<li></li>", "<li> </li>", "<pre>\n  x  \n</pre>",
                                      "<pre> </pre>", "<pre><code>a\n\n b</code></pre>", "<br>", "<br><br>",
-                                     "<br/> <br>", "<table><tr><td>a</td><td></td><td> b </td></tr></table>"]))
+                                     "<br/> <br>", "<table><tr><td>a</td><td></td><td> b </td></tr></table>",
+                                     "<table><tr><td>$$a\n b$$</td></tr></table>"]))
     if kind == 3:
         return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
                                      "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;", "\r"]))
@@ -615,7 +618,8 @@ def test_runs_pass_layouts(html: str, expected: str, images: int) -> None:
      "<ul>text<li>a</li></ul>", "<ul><li>a<br>b</li></ul>", "<pre> </pre>", "<pre><p>a</p><p>b</p></pre>",
      "<pre>a<br>b</pre>", "<table><tr><td><ul><li>a</li></ul></td></tr></table>",
      "<ul><li><table><tr><td>a</td></tr></table></li></ul>", "<table><caption><p>a</p><p>b</p></caption></table>",
-     "<table><tr><td><table><tr><td>a</td></tr></table></td></tr></table>"],
+     "<table><tr><td><table><tr><td>a</td></tr></table></td></tr></table>",
+     "<table><tr><td>x</td><td>$$a\n b$$</td></tr></table>", "<table><caption>$$a\tb$$</caption></table>"],
 )
 def test_runs_pass_hands_over_what_it_cannot_lay_out(html: str) -> None:
     assert not _runs_pass_lays_out(html)

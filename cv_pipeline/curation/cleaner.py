@@ -59,7 +59,7 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 from cv_pipeline.sources.models import RawQuestion, pick_top_answer
 
 # Bump on any change that alters output text or counts: Dagster then marks cleaned pairs stale.
-CLEANER_VERSION = "1"
+CLEANER_VERSION = "2"
 
 DropReason = Literal["code_block", "empty", "too_short"]
 
@@ -507,6 +507,9 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
     return root.text(separator="\x00P", skip_empty=True), images, bool(pres), markers
 
 
+_KEPT_SPACE = re.compile("[\t\n\r\f]")  # after collapsing, only inside $$...$$ and <pre>
+
+
 def _join_runs(text: str) -> str | None:
     """Lay out _runs_text's runs (normalised): what _layout makes of the same body, or None.
 
@@ -518,7 +521,8 @@ def _join_runs(text: str) -> str | None:
     None, for the general pass to decide, when the runs are not that simple: nesting (a list,
     table or <pre> in another, a list item or caption of more than one run, a line break in an
     item), text in a list outside its items, an item or row outside its list or table, a <pre>
-    not holding exactly one run of plain text.
+    not holding exactly one run of plain text, a tab or line break kept in a table cell (inside
+    $$...$$, which _layout keeps).
     """
     runs = _squash_unprotected(text).split("\x00P")
     out: list[str] = []
@@ -585,7 +589,7 @@ def _join_runs(text: str) -> str | None:
         elif in_pre:  # a second run in a <pre>: a block inside it
             return None
         elif in_table:
-            if cells is None:
+            if cells is None or _KEPT_SPACE.search(run) is not None:  # _layout keeps $$...$$ verbatim
                 return None
             if cells:
                 cells[-1].append(run)
