@@ -13,3 +13,11 @@ if [ "${SITE:-1}" = 1 ] && [ -f "$CARRY/site.tgz" ]; then
 fi
 # The random-weight Llama-3.2-3B-shaped model with SmolLM2's tokenizer, written to $MODEL.
 BUILD_MODEL=("$PY" benchmarks/gpu/bench_gpu_qlora.py $TINY --build-only --model-dir "$MODEL" --tokenizer-from "$CARRY/tokenizer")
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, note rc and time in steps.txt
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+}

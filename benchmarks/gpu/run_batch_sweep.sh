@@ -10,9 +10,7 @@ source "$(dirname "$0")/common.sh"
 for variant in "4 4" "16 1" "16 1 --packing"; do
   set -- $variant
   name=b$1_a$2${3:+_packed}
-  t0=$SECONDS
-  timeout 110 "$PY" benchmarks/gpu/gpu_trainer_check.py $TINY --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
-    --batch "$1" --grad-accum "$2" ${3:-} --max-steps 8 --out "$OUT/trainer_$name.json" > "$OUT/trainer_$name.log" 2>&1
-  echo "== $name: rc=$? in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+  step "trainer_$name" 110 "$PY" benchmarks/gpu/gpu_trainer_check.py $TINY --model-dir "$MODEL" \
+    --chats "$CARRY/chats.jsonl" --batch "$1" --grad-accum "$2" ${3:-} --max-steps 8 --out "$OUT/trainer_$name.json"
   grep -E '"(tokens_per_s|step_s_median|peak_memory_gb|tokens_per_step_mean)"' "$OUT/trainer_$name.json" 2>/dev/null
 done

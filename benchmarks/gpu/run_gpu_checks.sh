@@ -24,14 +24,6 @@ print('unsloth', unsloth.__version__, 'trl', trl.__version__, 'peft', peft.__ver
   echo "imports rc=$?"
 } 2>&1 | tee "$OUT/env.txt"
 
-step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
-  local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
-}
-
 step build 120 "${BUILD_MODEL[@]}"
 step trainer 160 "$PY" benchmarks/gpu/gpu_trainer_check.py $TINY --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
   --keep-adapter /tmp/gpu_adapter --out "$OUT/gpu_trainer_check.json"
