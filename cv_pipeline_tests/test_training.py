@@ -407,6 +407,29 @@ def test_gpu_check_model_folder_is_one_the_trainer_accepts(base_dir, tmp_path, m
     assert (tmp_path / "model" / "chat_template.jinja").read_text() == (base_dir / "chat_template.jinja").read_text()
 
 
+
+@needs_embedded
+def test_gpu_benchmark_chat_batches_pad_each_batch_to_its_longest_chat(base_dir, tokenizer, tmp_path, monkeypatch):
+    """bench_gpu_qlora.py --chats: real chats through the chat template, padding masked out and not counted."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.gpu.bench_gpu_qlora import chat_batches
+
+    tok = tokenizer
+    msgs = [[{"role": "user", "content": "q " * n}, {"role": "assistant", "content": "a " * n}] for n in (3, 40, 7, 400)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in msgs))
+    lengths = [len(tok.apply_chat_template(m, tokenize=True, return_dict=False)) for m in msgs]
+    batches = list(chat_batches(str(base_dir), path, batch=2, seq_len=200, n=2))
+    assert len(batches) == 2 and lengths[3] > 200
+    for (ids, mask), pair in zip(batches, (lengths[:2], [lengths[2], 200])):
+        assert ids.shape == mask.shape == (2, max(pair))  # padded to the longest of its own batch
+        assert mask.sum(dim=1).tolist() == pair  # the 400-token chat cut at seq_len
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        assert bool((ids[mask == 0] == pad).all())
+    with pytest.raises(SystemExit, match="4 chats; 6 are needed"):
+        list(chat_batches(str(base_dir), path, batch=2, seq_len=200, n=3))
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path

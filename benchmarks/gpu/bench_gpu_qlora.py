@@ -10,6 +10,12 @@ Both stacks run the same hand-written loop (forward, backward, AdamW on the LoRA
 Reported: tokens/s, peak GPU memory, and the projected time of one epoch over --pairs chats of
 --pair-tokens tokens each (effective batch 16 as in the report).
 
+Two variations: `--chats FILE` feeds real chats (chat_dataset JSONL, tokenised with the model
+folder's tokenizer and chat template, each batch right-padded to its longest chat, tokens/s
+counting non-padding tokens) instead of full rows of random ids; `--checkpointing` chooses how
+activations are kept: "unsloth" (Unsloth's offloaded checkpointing; the plain stack has no such
+mode and uses "true"), "true" (the standard recompute) or "false" (no checkpointing).
+
     python benchmarks/gpu/bench_gpu_qlora.py --out results.json          # on the GPU
     python benchmarks/gpu/bench_gpu_qlora.py --tiny --out /tmp/tiny.json # CPU smoke test, fp32, no 4-bit
 """
@@ -87,14 +93,18 @@ def child(stack: str, model_dir: str, args: argparse.Namespace) -> dict:
 
     cuda = torch.cuda.is_available() and not args.tiny
     four_bit = cuda
+    # What each stack is given for use_gradient_checkpointing (on the CPU smoke test: off).
+    ckpt = {"unsloth": "unsloth", "true": True, "false": False}[args.checkpointing] if cuda else False
+    if stack == "plain" and ckpt == "unsloth":
+        ckpt = True  # the plain stack's only checkpointing is the standard recompute
     t0 = time.perf_counter()
     if stack == "unsloth":
         model, _ = FastLanguageModel.from_pretrained(
             model_dir, max_seq_length=args.seq_len, load_in_4bit=four_bit,
-            dtype=None if cuda else torch.float32, use_gradient_checkpointing="unsloth" if cuda else False)
+            dtype=None if cuda else torch.float32, use_gradient_checkpointing=ckpt)
         model = FastLanguageModel.get_peft_model(
             model, r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
-            use_gradient_checkpointing="unsloth" if cuda else False, random_state=3407)
+            use_gradient_checkpointing=ckpt, random_state=3407)
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -107,7 +117,7 @@ def child(stack: str, model_dir: str, args: argparse.Namespace) -> dict:
             kwargs["device_map"] = {"": 0}
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
         if four_bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(ckpt))
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
                                                  bias="none", task_type="CAUSAL_LM"))
     load_s = time.perf_counter() - t0
@@ -116,16 +126,18 @@ def child(stack: str, model_dir: str, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
-    gen = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
+    n_steps = args.warmup + args.steps
+    batches = (chat_batches(model_dir, args.chats, args.batch, args.seq_len, n_steps) if args.chats
+               else random_batches(model.config.vocab_size, args.batch, args.seq_len, n_steps))
     model.train()
-    times = []
-    for step in range(args.warmup + args.steps):
-        ids = torch.randint(4, vocab, (args.batch, args.seq_len), generator=gen).to(dev)
+    times, tokens = [], []
+    for step, (ids, mask) in enumerate(batches):
+        ids, mask = ids.to(dev), mask.to(dev)
+        labels = ids.masked_fill(mask == 0, -100)
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -133,16 +145,54 @@ def child(stack: str, model_dir: str, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
+            tokens.append(int(mask.sum()))
     step_s = sorted(times)[len(times) // 2]
-    tokens_per_s = args.batch * args.seq_len / step_s
+    tokens_per_s = sum(tokens) / sum(times)  # non-padding tokens over the timed steps
     return {
         "stack": stack, "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-        "four_bit": four_bit, "load_s": round(load_s, 1), "step_s_median": round(step_s, 4),
-        "step_s_all": [round(x, 4) for x in times], "tokens_per_s": round(tokens_per_s, 1),
+        "four_bit": four_bit, "gradient_checkpointing": ckpt, "data": "chats" if args.chats else "random full rows",
+        "load_s": round(load_s, 1), "step_s_median": round(step_s, 4),
+        "step_s_all": [round(x, 4) for x in times], "tokens_per_step_mean": round(sum(tokens) / len(tokens), 1),
+        "tokens_per_s": round(tokens_per_s, 1),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if cuda else None,
         "trainable_params": sum(p.numel() for p in params), "final_loss": round(float(loss), 4),
         "projected_epoch_h": round(args.pairs * args.pair_tokens / tokens_per_s / 3600, 2),
     }
+
+
+def random_batches(vocab: int, batch: int, seq_len: int, n: int):
+    """`n` batches of full rows of random token ids (every position a real token)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        ids = torch.randint(4, vocab, (batch, seq_len), generator=gen)
+        yield ids, torch.ones_like(ids)
+
+
+def chat_batches(model_dir: str, chats: Path, batch: int, seq_len: int, n: int):
+    """`n` batches of real chats in file order, tokenised with the folder's chat template, each chat cut
+    at `seq_len` tokens and each batch right-padded to its longest chat (mask 0 on the padding)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows: list[list[int]] = []
+    with open(chats, encoding="utf-8") as f:
+        for line in f:
+            if len(rows) == batch * n:
+                break
+            ids = tok.apply_chat_template(json.loads(line)["messages"], tokenize=True, return_dict=False)
+            rows.append(list(ids)[:seq_len])
+    if len(rows) < batch * n:
+        raise SystemExit(f"{chats} has {len(rows)} chats; {batch * n} are needed ({n} steps of {batch})")
+    for i in range(0, len(rows), batch):
+        part = rows[i : i + batch]
+        width = max(map(len, part))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in part])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in part])
+        yield ids, mask
 
 
 def main() -> None:
@@ -155,6 +205,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation, autotuning)")
     ap.add_argument("--pairs", type=int, default=40_000, help="chats per epoch for the projection")
     ap.add_argument("--pair-tokens", type=int, default=450, help="mean tokens per chat for the projection")
+    ap.add_argument("--chats", type=Path, help="chat_dataset JSONL: train on these chats instead of random full rows")
+    ap.add_argument("--checkpointing", choices=("unsloth", "true", "false"), default="unsloth",
+                    help="use_gradient_checkpointing (plain stack: 'unsloth' means 'true')")
     ap.add_argument("--out", type=Path, default=Path("bench_gpu_qlora.json"))
     ap.add_argument("--model-dir", type=Path, help="reuse a model folder built earlier (built there if missing)")
     ap.add_argument("--tokenizer-from", type=Path, help="model folder whose tokenizer and chat template to use")
@@ -178,7 +231,8 @@ def main() -> None:
         print(f"model folder {model_dir} ready in {results['build_model_s']} s", flush=True)
         return
     passthrough = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--pairs", str(args.pairs), "--pair-tokens", str(args.pair_tokens)]
+                   "--warmup", str(args.warmup), "--pairs", str(args.pairs), "--pair-tokens", str(args.pair_tokens),
+                   "--checkpointing", args.checkpointing, *(["--chats", str(args.chats)] if args.chats else [])]
     for stack in args.stacks.split(","):
         cmd = [sys.executable, __file__, *passthrough, *(["--tiny"] if args.tiny else []), "--child", stack,
                str(model_dir)]
