@@ -98,6 +98,19 @@ def test_detect_device_cpu_and_bad_preference():
         detect_device("gpu")
 
 
+
+def test_gradient_checkpointing_setting_reaches_unsloth_on_cuda_only():
+    from cv_pipeline.training.device import DeviceInfo
+    from cv_pipeline.training.trainer import checkpointing_arg
+
+    cuda = DeviceInfo("cuda", "NVIDIA H100", 80.0, True, True)
+    modes = ("unsloth", "recompute", "off")
+    assert [checkpointing_arg(TrainingHyperparams(gradient_checkpointing=m), cuda) for m in modes] == ["unsloth", True, False]
+    # A CPU run never checkpoints: recomputing costs time there and memory is plentiful.
+    assert [checkpointing_arg(TrainingHyperparams(gradient_checkpointing=m), detect_device("cpu")) for m in modes] == [False] * 3
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        TrainingHyperparams(gradient_checkpointing="yes")
+
 def test_detect_device_cuda_without_gpu_is_a_clear_error():
     import torch
 

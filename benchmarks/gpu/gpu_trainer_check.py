@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="per-device batch (the report's 4)")
     ap.add_argument("--grad-accum", type=int, default=4, help="accumulated passes per step (the report's 4)")
     ap.add_argument("--packing", action="store_true", help="pack chats into full rows (CUDA only)")
+    ap.add_argument("--checkpointing", choices=("unsloth", "recompute", "off"), default="unsloth",
+                    help="TrainingHyperparams.gradient_checkpointing")
     ap.add_argument("--pairs", type=int, default=40_000, help="pairs of the all-pairs adapter, for the projection")
     ap.add_argument("--pair-tokens", type=int, default=450, help="the report's mean tokens per chat")
     ap.add_argument("--keep-adapter", type=Path, help="copy the trained adapter here (for gpu_eval_check.py)")
@@ -103,7 +105,8 @@ def main() -> None:
     hparams = TrainingHyperparams(max_steps=args.max_steps, max_seq_length=args.max_seq_length,
                                   warmup_steps=1, save_steps=args.max_steps, logging_steps=1,
                                   per_device_batch=2 if args.tiny else args.batch,
-                                  grad_accum=2 if args.tiny else args.grad_accum, packing=args.packing)
+                                  grad_accum=2 if args.tiny else args.grad_accum, packing=args.packing,
+                                  gradient_checkpointing=args.checkpointing)
     timer = StepTimer()
     result = {"device": device.as_dict(), "hparams": hparams.model_dump(), "n_chats": args.n_chats}
     out_dir = Path(tmp.name) / "run"

@@ -59,6 +59,15 @@ class TrainingHyperparams(BaseModel):
             "examples attend to each other."
         ),
     )
+    gradient_checkpointing: Literal["unsloth", "recompute", "off"] = Field(
+        "unsloth",
+        description=(
+            "How activations are kept for the backward pass on CUDA (a CPU run never checkpoints): "
+            "'unsloth' recomputes them and offloads what it keeps to CPU memory (least GPU memory), "
+            "'recompute' is the standard recompute (faster, a little more memory), 'off' keeps them all "
+            "(fastest, most memory). Measured figures: benchmarks/gpu/README.md."
+        ),
+    )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule after warm-up."
     )

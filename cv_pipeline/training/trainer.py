@@ -197,7 +197,7 @@ def train_adapter(
         # CPU: Unsloth's fallback is fp32; CUDA: None lets Unsloth pick bf16/fp16 for the GPU.
         dtype=None if device.is_cuda else torch.float32,
         load_in_4bit=four_bit,
-        use_gradient_checkpointing="unsloth" if device.is_cuda else False,
+        use_gradient_checkpointing=checkpointing_arg(hparams, device),
         random_state=hparams.seed,
         local_files_only=True,
     )
@@ -208,8 +208,7 @@ def train_adapter(
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         bias="none",
-        # Recomputing activations saves GPU memory; on a CPU memory is plentiful and it costs time.
-        use_gradient_checkpointing="unsloth" if device.is_cuda else False,
+        use_gradient_checkpointing=checkpointing_arg(hparams, device),
         random_state=hparams.seed,
     )
     train_tok, dropped = tokenize_dataset(tokenizer, train_dataset, hparams.max_seq_length, "train")
@@ -321,8 +320,8 @@ def _sft_config(
         use_cpu=not device.is_cuda,
         bf16=bf16,
         fp16=device.is_cuda and not bf16,
-        # Unsloth does its own (cheaper) checkpointing on CUDA via get_peft_model; on a CPU TRL's
-        # default checkpointing made a step about 10x slower.
+        # Unsloth checkpoints on CUDA itself, as chosen in get_peft_model (checkpointing_arg); on a
+        # CPU TRL's default checkpointing made a step about 10x slower.
         gradient_checkpointing=False,
         include_num_input_tokens_seen="non_padding",
         report_to=[],
@@ -330,6 +329,16 @@ def _sft_config(
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
+
+
+def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool:
+    """Unsloth's `use_gradient_checkpointing` for the run's setting.
+
+    On a CPU memory is plentiful and recomputing only costs time, so a CPU run never checkpoints.
+    """
+    if not device.is_cuda:
+        return False
+    return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
 
 
 def _fingerprint(base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams) -> str:

@@ -68,7 +68,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         train = load_split(dataset_dir, "train" if spec.subset == "all" else "top_10k")
         hparams = TrainingHyperparams(
             learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, per_device_batch=config.per_device_batch, grad_accum=config.grad_accum,
-            packing=config.packing,
+            packing=config.packing, gradient_checkpointing=config.gradient_checkpointing,
             epochs=spec.epochs, max_steps=config.max_steps, max_seq_length=config.max_seq_length,
             save_steps=config.save_steps, seed=config.seed,
         )

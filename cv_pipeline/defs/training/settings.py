@@ -1,5 +1,7 @@
 """Run-time settings of the training assets, with the profile's values as defaults (editable in the launchpad)."""
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -21,6 +23,11 @@ def training_settings_for(profile: Profile) -> type[dg.Config]:
             profile.packing,
             description="Pack chats into full rows (CUDA only; Unsloth keeps them apart in attention): more tokens "
             "per step and fewer steps than the report's 16 chats per step.",
+        )
+        gradient_checkpointing: Literal["unsloth", "recompute", "off"] = Field(
+            "unsloth",
+            description="CUDA only. 'unsloth': least GPU memory; 'recompute': 1.12x the tokens/s for 1.7x the memory; "
+            "'off': 1.48x for 11x (H200, 16 chats of 2048 tokens: 6.5, 11.0 and 72.6 GB; benchmarks/gpu/README.md).",
         )
         max_steps: int | None = Field(profile.max_steps, description="Cap on optimizer steps; null trains full epochs.")
         max_seq_length: int = Field(profile.max_seq_length, description="Longest sequence in tokens.")
