@@ -375,6 +375,24 @@ def test_adapter_changes_outputs_and_loads(smol_base: Path, smol_adapter: Path, 
     assert float(delta) > 1e-3
 
 
+
+def test_merged_adapter_is_a_plain_model_with_the_same_outputs(smol_base: Path, smol_adapter: Path, base_model) -> None:
+    """merge=True folds the LoRA into the weights: no PEFT modules left, the same logits in float32."""
+    import torch
+    from peft import PeftModel
+
+    from cv_pipeline.evaluation.evaluator import load_model
+
+    beside, tok = load_model(smol_base, smol_adapter, "cpu")
+    merged, _ = load_model(smol_base, smol_adapter, "cpu", merge=True)
+    assert isinstance(beside, PeftModel) and not isinstance(merged, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    ids = torch.tensor([tok("What does a p-value measure?", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        want, got, base = beside(input_ids=ids).logits, merged(input_ids=ids).logits, base_model[0](input_ids=ids).logits
+    assert float((want - base).abs().max()) > 0.05  # the adapter moves the logits: the comparison is not vacuous
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
+
 def test_adapter_with_other_base_hash_is_rejected(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
     from cv_pipeline.evaluation.evaluator import AdapterMismatchError, load_model
 
@@ -471,6 +489,30 @@ def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, sm
     assert "src=\"heldout_loss.png\"" not in page  # self-contained: nothing loaded from beside it
     assert f"{results['models']['all_pairs']['loss']:.4f}" in page
 
+
+
+@pytest.mark.slow
+def test_evaluate_models_scores_merged_adapters_like_adapters_beside_the_base(
+    smol_base: Path, smol_adapter: Path, tmp_path: Path
+) -> None:
+    """merge_adapters (the default) reloads the base per adapter and merges it; in float32 every score and
+    answer must match the unmerged path, which swaps named adapters on one shared base."""
+    from cv_pipeline.evaluation.evaluator import EvalConfig, evaluate_models
+
+    second = build_lora_adapter(smol_base, tmp_path / "second", seed=1)
+    adapters = {"all_pairs": smol_adapter, "top_10k": second}
+    runs = {}
+    for merge in (True, False):
+        cfg = EvalConfig(n_loss_examples=4, n_generation_examples=3, max_new_tokens=12, batch_size=2, seed=1,
+                         max_length=256, merge_adapters=merge)
+        runs[merge] = evaluate_models(smol_base, adapters, ROWS, ["What is a p-value?"], cfg, None, device="cpu")
+    merged, beside = runs[True], runs[False]
+    assert list(merged["models"]) == ["base", "all_pairs", "top_10k"]
+    assert merged["models"]["all_pairs"]["loss"] != pytest.approx(merged["models"]["top_10k"]["loss"], rel=1e-3)
+    for name in merged["models"]:
+        assert merged["models"][name]["loss"] == pytest.approx(beside["models"][name]["loss"], rel=1e-4)
+    assert [e["answer"] for e in merged["per_example"]] == [e["answer"] for e in beside["per_example"]]
+    assert merged["prompts"] == beside["prompts"]
 
 def test_report_escapes_html_and_requires_models(tmp_path: Path) -> None:
     from cv_pipeline.evaluation.report import write_report

@@ -7,11 +7,13 @@
 #            ("unsloth"), the standard recompute ("true") and none ("false").
 #   trainer: the pipeline's trainer (gpu_trainer_check.py) at the full profile's shape (16 x 1) on chats
 #            that fill 2048 tokens, under each TrainingHyperparams.gradient_checkpointing setting.
-# PARTS chooses which run (default: all three). Expects .gpu/carry/ as run_gpu_checks.sh does.
+#   merge:   evaluation decoding with the LoRA merged into the base weights against unmerged
+#            (gpu_merge_decode.py; bf16, 16 questions, batch 8, 64 new tokens).
+# PARTS chooses which run (default: all four). Expects .gpu/carry/ as run_gpu_checks.sh does.
 # A CPU smoke test: TINY=1 SITE=0 OUT=/tmp/x PY=.venv/bin/python
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_followups}
-PARTS=${PARTS:-chats ckpt trainer}
+PARTS=${PARTS:-chats ckpt trainer merge}
 source "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 [ -f "$MODEL/config.json" ] || step build 150 "${BUILD_MODEL[@]}"
@@ -32,5 +34,9 @@ if [[ " $PARTS " == *" trainer "* ]]; then
       --max-steps 4 --warmup 1 --checkpointing "$mode" --out "$OUT/trainer_$mode.json"
     grep -E '"(tokens_per_s|step_s_median|peak_memory_gb)"' "$OUT/trainer_$mode.json" 2>/dev/null
   done
+fi
+if [[ " $PARTS " == *" merge "* ]]; then
+  step merge 150 "$PY" benchmarks/gpu/gpu_merge_decode.py --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
+    ${TINY:+--n-questions 4 --batch-size 2 --max-new-tokens 8} --out "$OUT/merge_decode.json"
 fi
 ls -la "$OUT"

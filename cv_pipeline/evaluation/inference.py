@@ -14,7 +14,7 @@ from cv_pipeline.evaluation.evaluator import load_model, stop_token_ids
 @lru_cache(maxsize=1)
 def _cached_model(base_dir: str, adapter_dir: str | None, device: str) -> tuple[Any, Any]:
     # One model kept: asking several questions in a row should not reload the weights each time.
-    return load_model(base_dir, adapter_dir, device)
+    return load_model(base_dir, adapter_dir, device, merge=True)  # merged: decoding runs the base layers only
 
 
 def stream_answer(

@@ -22,13 +22,16 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         batch_size: int = Field(8, description="Sequences per forward pass.")
         max_length: int = Field(profile.eval_max_length, description="Token cap per scored chat (question + answer).")
         seed: int = Field(0, description="Seed of the held-out sample.")
+        merge_adapters: bool = Field(
+            True, description="Score each adapter merged into the base weights (5.5x faster decoding on an H200)."
+        )
 
     @dg.asset(
         deps=["chat_dataset", base_model, *adapters],
         pool="gpu",
         op_tags=GPU_STEP,
         group_name="evaluation",
-        code_version="1",
+        code_version="2",  # 2: adapters are scored merged into the base (merge_adapters)
         kinds={"pytorch", "markdown"},
         description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
         "of generated answers, and the report's three prompts side by side.",
