@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,17 @@ def realdata() -> Path:
             "beside the checkout (set CV_PIPELINE_REALDATA to point elsewhere)"
         )
     return REALDATA
+
+
+@pytest.fixture(autouse=True)
+def keep_sigterm_disposition():
+    """Undo what Dagster's in-process execution does to SIGTERM, after every test.
+
+    Dagster maps SIGTERM to SIGINT's handler (`setup_interrupt_handlers`). A shell that starts the tests as a
+    background job ignores SIGINT for them, so SIGTERM would stay ignored in this process and in every child
+    a later test starts (an ignored signal survives exec): `terminate()` would no longer stop a server.
+    """
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    if signal.getsignal(signal.SIGTERM) is not before and before is not None:
+        signal.signal(signal.SIGTERM, before)

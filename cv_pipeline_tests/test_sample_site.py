@@ -13,6 +13,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -329,8 +330,35 @@ def test_standalone_command(tmp_path: object) -> None:
         assert len(body["items"]) == 30 and body["has_more"] is True
     finally:
         proc.terminate()
-        proc.wait(timeout=60)  # generous: a loaded CI host can stall a process for seconds
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{proc.pid}/status")
+            state = [ln for ln in status.read_text().splitlines() if ln.startswith(("State", "Sig", "ShdPnd"))] if status.exists() else []
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the sample-site command ignored SIGTERM for 60 s: {state}")
 
+
+
+def test_standalone_command_stops_on_sigterm_even_when_its_parent_ignores_it() -> None:
+    """An ignored SIGTERM survives exec (Dagster's in-process runs leave a background job ignoring it)."""
+    import signal
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the child inherits it (no preexec_fn: threads)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cv_pipeline.sources.sample_site", "--port", "0", "--questions", "20"],
+                                stdout=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    try:
+        assert proc.stdout is not None and "http://127.0.0.1:" in proc.stdout.readline()
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # a clean exit through the handler, not a kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 # -- corpus content ------------------------------------------------------------------------------
 @pytest.mark.parametrize(

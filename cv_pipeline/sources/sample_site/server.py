@@ -12,6 +12,7 @@ import gzip
 import html
 import json
 import math
+import signal
 import threading
 import time
 from collections import deque
@@ -504,9 +505,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     faults = Faults(backoff_every=args.backoff_every, backoff_seconds=args.backoff_seconds,
                     no_content_encoding=args.no_content_encoding)
+    # SIGTERM stops the server cleanly, whatever disposition the process inherited: a parent that ignores
+    # it (as Dagster's in-process runs make a background job do) would otherwise leave the server unstoppable.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with SampleSite(args.questions, args.seed, quota_max=args.quota_max, faults=faults, port=args.port) as site:
         print(f"sample site serving {args.questions:,} questions at {site.base_url} (Ctrl-C stops)", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
             pass
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
