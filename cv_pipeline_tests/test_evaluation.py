@@ -508,9 +508,10 @@ def test_evaluate_models_scores_merged_adapters_like_adapters_beside_the_base(
         runs[merge] = evaluate_models(smol_base, adapters, ROWS, ["What is a p-value?"], cfg, None, device="cpu")
     merged, beside = runs[True], runs[False]
     assert list(merged["models"]) == ["base", "all_pairs", "top_10k"]
-    assert merged["models"]["all_pairs"]["loss"] != pytest.approx(merged["models"]["top_10k"]["loss"], rel=1e-3)
+    # The two adapters score apart by more than the tolerance below, so scoring the wrong one would fail.
+    assert merged["models"]["all_pairs"]["loss"] != pytest.approx(merged["models"]["top_10k"]["loss"], rel=1e-4)
     for name in merged["models"]:
-        assert merged["models"][name]["loss"] == pytest.approx(beside["models"][name]["loss"], rel=1e-4)
+        assert merged["models"][name]["loss"] == pytest.approx(beside["models"][name]["loss"], rel=2e-5)
     assert [e["answer"] for e in merged["per_example"]] == [e["answer"] for e in beside["per_example"]]
     assert merged["prompts"] == beside["prompts"]
 
