@@ -69,16 +69,22 @@ def timed_generation(model, tok, questions: list[str], batch_size: int, max_new_
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def decoding_parser(description: str) -> argparse.ArgumentParser:
+    """The options every decoding check takes: model folder, questions, batch shape, device, output."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True)
-    ap.add_argument("--adapter", type=Path, required=True)
     ap.add_argument("--chats", type=Path, required=True, help="chat_dataset JSONL; its user turns are the questions")
     ap.add_argument("--n-questions", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, required=True)
+    return ap
+
+
+def main() -> None:
+    ap = decoding_parser(__doc__)
+    ap.add_argument("--adapter", type=Path, required=True)
     args = ap.parse_args()
 
     questions = read_questions(args.chats, args.n_questions)

@@ -13,7 +13,6 @@ rounds every merged weight once).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,22 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch
 
-from benchmarks.gpu.gpu_eval_check import read_questions, timed_generation
+from benchmarks.gpu.bench_gpu_qlora import TARGETS
+from benchmarks.gpu.gpu_eval_check import (
+    decoding_parser,
+    read_questions,
+    timed_generation,
+)
 from cv_pipeline.evaluation.evaluator import _prepare_tokenizer, resolve_device
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", type=Path, required=True)
-    ap.add_argument("--chats", type=Path, required=True, help="chat_dataset JSONL; its user turns are the questions")
-    ap.add_argument("--n-questions", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    args = decoding_parser(__doc__).parse_args()
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
