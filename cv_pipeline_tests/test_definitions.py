@@ -152,7 +152,7 @@ def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch)
      ("lora_adapter_all_pairs", "per_device_batch", 4, 16), ("lora_adapter_top_10k", "grad_accum", 1, 1),
      ("lora_adapter_top_10k", "packing", False, False),
      ("lora_adapter_all_pairs", "gradient_checkpointing", "unsloth", "unsloth"),
-     ("adapter_evaluation", "merge_adapters", True, True)],
+     ("adapter_evaluation", "merge_adapters", "auto", "auto")],
 )
 def test_launchpad_defaults_follow_the_profile(asset, field, demo, full):
     for name, expected in (("demo", demo), ("full", full)):

@@ -9,7 +9,9 @@
 #            that fill 2048 tokens, under each TrainingHyperparams.gradient_checkpointing setting.
 #   merge:   evaluation decoding with the LoRA merged into the base weights against unmerged
 #            (gpu_merge_decode.py; bf16, 16 questions, batch 8, 64 new tokens).
-# PARTS chooses which run (default: all four). Expects .gpu/carry/ as run_gpu_checks.sh does.
+#   precision: load_model's float32 merge rounded once against PEFT's bf16 merge and the LoRA beside the
+#            base, each against a float32 reference (gpu_merge_precision.py), with load cost and decoding.
+# PARTS chooses which run (default: the first four). Expects .gpu/carry/ as run_gpu_checks.sh does.
 # A CPU smoke test: TINY=1 SITE=0 OUT=/tmp/x PY=.venv/bin/python
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_followups}
@@ -38,5 +40,9 @@ fi
 if [[ " $PARTS " == *" merge "* ]]; then
   step merge 150 "$PY" benchmarks/gpu/gpu_merge_decode.py --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
     ${TINY:+--n-questions 4 --batch-size 2 --max-new-tokens 8} --out "$OUT/merge_decode.json"
+fi
+if [[ " $PARTS " == *" precision "* ]]; then
+  step precision 300 "$PY" benchmarks/gpu/gpu_merge_precision.py --model-dir "$MODEL" --chats "$CARRY/chats.jsonl" \
+    ${TINY:+--n-rows 8 --n-questions 4 --batch-size 2 --max-new-tokens 8} --out "$OUT/merge_precision.json"
 fi
 ls -la "$OUT"

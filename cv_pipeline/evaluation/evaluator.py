@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -50,14 +50,27 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="Sequences per forward pass / generate call.")
     seed: int = Field(0, description="Seed for choosing the scored rows and for the bootstrap intervals.")
     max_length: int = Field(1024, ge=16, description="Token cap per scored chat (prompt + answer).")
-    merge_adapters: bool = Field(
-        True,
+    merge_adapters: Literal["auto", "always", "never"] = Field(
+        "auto",
         description=(
-            "Score each adapter merged into a fresh copy of the base weights (what an exported model runs) "
-            "instead of as LoRA modules beside them: greedy decoding 5.5x faster on an H200; in bf16 every "
-            "merged weight is rounded once. False loads every adapter beside one shared base."
+            "Score each adapter merged into a fresh copy of the base weights instead of as LoRA modules beside "
+            "them. 'auto': merged only where that is exact, in float32 (the CPU); in bf16 every merged weight "
+            "is rounded, which kept 77-99.8% of the demo adapters' loss gain. 'always': merged anyway, for "
+            "greedy decoding 3.8-5.5x faster on an H200. 'never': beside one shared base."
         ),
     )
+
+
+def should_merge(mode: str, device: str | torch.device = "auto") -> bool:
+    """Whether ``merge_adapters`` = ``mode`` merges on ``device`` (see ``EvalConfig.merge_adapters``).
+
+    A merged weight is rounded to the model's dtype; in bf16 an update under half a bf16 step of its weight
+    rounds away (benchmarks/bench_merge_precision.py), so 'auto' merges only float32 models.
+    """
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"merge_adapters must be 'auto', 'always' or 'never', not {mode!r}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return mode == "always" or (mode == "auto" and _dtype_for(dev) == torch.float32)
 
 
 class AdapterMismatchError(ValueError):
@@ -177,13 +190,47 @@ def _prepare_tokenizer(tok: Any, model: Any) -> Any:
     return tok
 
 
+def merged_model(
+    base_dir: Path | str, adapter_dir: Path | str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Base + LoRA adapter merged in float32 on the CPU, each weight rounded once to ``dtype``, moved to ``device``.
+
+    Each merged weight is ``W + B @ A * scale`` computed in float32 from the checkpoint's own ``W`` and rounded
+    once, on any machine the same bits: the evaluation scores exactly the weights the export ships. PEFT's merge
+    on a model loaded in bf16 rounds ``W`` first: the same for a bf16 checkpoint such as Llama-3.2's, but for a
+    float32 one (the demo's converted SmolLM2) it moved the held-out loss 2.5x as far from the unmerged adapter
+    (benchmarks/bench_merge_precision.py). Needs the float32 model in CPU memory while merging (12.8 GB
+    for 3B parameters); the GPU only ever holds the ``dtype`` copy.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    check_adapter_shapes(model, base_dir, adapter_dir)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    # Parameters only: ``model.to(dtype)`` would also round float32 buffers such as RoPE's inv_freq, which
+    # ``from_pretrained(dtype=bf16)`` keeps in float32 (on an H200 that tripled the logit error).
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(dtype)
+    model.config.dtype = dtype
+    return model.to(device).eval()
+
+
 def load_model(
-    base_dir: Path | str, adapter_dir: Path | str | None = None, device: str = "auto", merge: bool = False
+    base_dir: Path | str,
+    adapter_dir: Path | str | None = None,
+    device: str = "auto",
+    merge: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """The base model (plus a PEFT adapter when given) in eval mode, and its tokenizer.
 
-    ``merge`` folds the adapter into the base weights (``merge_and_unload``, on the target device), so
-    that decoding runs the base model's layers only: a plain transformers model is returned.
+    ``merge`` folds the adapter into the base weights (``merged_model``: in float32, rounded once to the
+    model's dtype), so that decoding runs the base layers only: a plain transformers model is returned. ``dtype`` defaults to bf16 (fp16 without bf16) on CUDA, float32
+    on the CPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -193,16 +240,18 @@ def load_model(
     if adapter_dir is not None:
         check_adapter_base(base_dir, adapter_dir)
     dev = resolve_device(device)
+    dtype = dtype or _dtype_for(dev)
     tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_dtype_for(dev), local_files_only=True)
+    if merge and adapter_dir is not None:
+        model = merged_model(base_dir, adapter_dir, dtype, dev)
+        return model, _prepare_tokenizer(tok, model)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
     if adapter_dir is not None:
         from peft import PeftModel
 
         check_adapter_shapes(model, base_dir, Path(adapter_dir))
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.to(dev).eval()
-    if merge and adapter_dir is not None:
-        model = model.merge_and_unload().eval()
     return model, _prepare_tokenizer(tok, model)
 
 
@@ -471,6 +520,7 @@ def evaluate_models(
     references = [a for _, a in gen_pairs]
 
     started = time.perf_counter()
+    merge = should_merge(cfg.merge_adapters, device)
     model, tok = load_model(base_dir, None, device)
     embedder = Embedder(device=str(next(model.parameters()).device))
     ref_vecs = embedder.encode(references)
@@ -480,6 +530,7 @@ def evaluate_models(
         "base_model": str(base_dir),
         "adapters": {k: str(v) for k, v in adapters.items()},
         "device": str(next(model.parameters()).device),
+        "adapters_merged": merge,
         "n_test_rows": len(test_rows),
         "models": {},
         "prompts": [{"prompt": p, "answers": {}} for p in prompts],
@@ -488,7 +539,7 @@ def evaluate_models(
     }
     for label in [BASE_MODEL_LABEL, *adapters]:
         t0 = time.perf_counter()
-        if label != BASE_MODEL_LABEL and cfg.merge_adapters:
+        if label != BASE_MODEL_LABEL and merge:
             del model  # one model in memory at a time
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cv_pipeline import atomic
-from cv_pipeline.evaluation.evaluator import check_adapter_base, check_adapter_shapes
+from cv_pipeline.evaluation.evaluator import check_adapter_base, merged_model
 
 DEFAULT_SYSTEM = "You are a helpful assistant that answers statistics and machine-learning questions."
 
@@ -192,16 +192,10 @@ def write_gguf_adapter(base_config: dict[str, Any], adapter_dir: Path, target: P
 
 
 def _merge(base_dir: Path, adapter_dir: Path, target: Path, dtype: str) -> Any:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    # Merge in float32 (exact on any device, CPU included), then cast once for storage.
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
-    check_adapter_shapes(base, base_dir, adapter_dir)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged = merged.to(_DTYPES[dtype])
-    merged.config.dtype = _DTYPES[dtype]
-    merged.save_pretrained(target)
+    # Merged in float32, then cast once for storage (in bf16: the weights the evaluation scores on a GPU).
+    merged_model(base_dir, adapter_dir, _DTYPES[dtype], "cpu").save_pretrained(target)
     tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     tok.save_pretrained(target)
     return tok

@@ -8,13 +8,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cv_pipeline.evaluation.evaluator import load_model, stop_token_ids
+from cv_pipeline.evaluation.evaluator import load_model, should_merge, stop_token_ids
 
 
 @lru_cache(maxsize=1)
 def _cached_model(base_dir: str, adapter_dir: str | None, device: str) -> tuple[Any, Any]:
     # One model kept: asking several questions in a row should not reload the weights each time.
-    return load_model(base_dir, adapter_dir, device, merge=True)  # merged: decoding runs the base layers only
+    # Merged where that is exact (float32): decoding then runs the base layers only. In bf16 the LoRA stays
+    # beside the base, as the evaluation scores it (EvalConfig.merge_adapters 'auto').
+    return load_model(base_dir, adapter_dir, device, merge=should_merge("auto", device))
 
 
 def stream_answer(

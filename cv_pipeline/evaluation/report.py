@@ -123,7 +123,9 @@ def _markdown(results: Mapping[str, Any], table: str, plots: Mapping[str, Path])
         f"Base model: `{results['base_model']}`; device: {results.get('device', '?')}; "
         f"{results.get('n_test_rows', '?')} test rows available, loss on up to {cfg.get('n_loss_examples', '?')}, "
         f"answers to up to {cfg.get('n_generation_examples', '?')} "
-        f"(greedy, at most {cfg.get('max_new_tokens', '?')} new tokens).",
+        f"(greedy, at most {cfg.get('max_new_tokens', '?')} new tokens). "
+        + {True: "Each adapter was merged into the base weights.",
+           False: "Each adapter ran as LoRA modules beside the base weights."}.get(results.get("adapters_merged"), ""),
         "",
         "Loss and perplexity are over assistant tokens only (token-weighted); ROUGE-L and cosine "
         "(all-MiniLM-L6-v2 embeddings) compare each generated answer with the top-voted answer. "
