@@ -524,7 +524,7 @@ def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, sm
 )
 def test_adapters_are_merged_only_where_merging_is_exact_unless_asked(mode: str, device: str, merged: bool) -> None:
     """'auto' merges float32 models (the CPU) only: a bf16 GPU model keeps the LoRA beside its base, because
-    rounding merged weights to bf16 lost up to 23% of a demo adapter's loss gain."""
+    rounding merged weights to bf16 lost up to 22% of a demo adapter's loss gain."""
     import torch
 
     from cv_pipeline.evaluation.evaluator import EvalConfig, should_merge

@@ -26,7 +26,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         merge_adapters: Literal["auto", "always", "never"] = Field(
             "auto",
             description="Score adapters merged into the base weights: 'auto' only in float32 (exact); 'always' also "
-            "in bf16 (3.8-5.5x faster decoding on an H200, but rounding lost up to 23% of an adapter's loss gain).",
+            "in bf16 (3.8-5.5x faster decoding on an H200, but rounding lost up to 22% of an adapter's loss gain).",
         )
 
     @dg.asset(
