@@ -196,11 +196,11 @@ def merged_model(
     """Base + LoRA adapter merged in float32 on the CPU, each weight rounded once to ``dtype``, moved to ``device``.
 
     Each merged weight is ``W + B @ A * scale`` computed in float32 from the checkpoint's own ``W`` and rounded
-    once, on any machine the same bits: the evaluation scores exactly the weights the export ships. PEFT's merge
-    on a model loaded in bf16 rounds ``W`` first: the same for a bf16 checkpoint such as Llama-3.2's, but for a
-    float32 one (the demo's converted SmolLM2) it moved the held-out loss 2.5x as far from the unmerged adapter
-    (benchmarks/bench_merge_precision.py). Needs the float32 model in CPU memory while merging (12.8 GB
-    for 3B parameters); the GPU only ever holds the ``dtype`` copy.
+    once, the same bits on any machine: a merged evaluation scores the weights an export of the same dtype
+    ships. PEFT's merge on a model loaded in bf16 rounds ``W`` first: the same for a bf16 checkpoint such as
+    Llama-3.2's, but for a float32 one (the demo's converted SmolLM2) it moved the held-out loss 2.5x-6.4x as
+    far from the unmerged adapter (benchmarks/bench_merge_precision.py). Needs the float32 model in CPU memory
+    while merging (12.8 GB for 3B parameters); the GPU only ever holds the ``dtype`` copy.
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -229,8 +229,8 @@ def load_model(
     """The base model (plus a PEFT adapter when given) in eval mode, and its tokenizer.
 
     ``merge`` folds the adapter into the base weights (``merged_model``: in float32, rounded once to the
-    model's dtype), so that decoding runs the base layers only: a plain transformers model is returned. ``dtype`` defaults to bf16 (fp16 without bf16) on CUDA, float32
-    on the CPU.
+    model's dtype), so that decoding runs the base layers only: a plain transformers model is returned.
+    ``dtype`` defaults to bf16 (fp16 without bf16) on CUDA, float32 on the CPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
