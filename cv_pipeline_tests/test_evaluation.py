@@ -393,6 +393,7 @@ def test_merged_adapter_is_a_plain_model_with_the_same_outputs(smol_base: Path, 
     assert float((want - base).abs().max()) > 0.05  # the adapter moves the logits: the comparison is not vacuous
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
 
+
 def test_merge_rounds_each_merged_weight_once(smol_base: Path, smol_adapter: Path) -> None:
     """In bf16 a merged weight is W + B @ A * scale computed in float32 and rounded once (the weights the
     export stores), not PEFT's bf16 merge, which rounds the update and then the sum."""

@@ -6,6 +6,7 @@ import gzip
 import html
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -340,11 +341,8 @@ def test_standalone_command(tmp_path: object) -> None:
             pytest.fail(f"the sample-site command ignored SIGTERM for 60 s: {state}")
 
 
-
 def test_standalone_command_stops_on_sigterm_even_when_its_parent_ignores_it() -> None:
     """An ignored SIGTERM survives exec (Dagster's in-process runs leave a background job ignoring it)."""
-    import signal
-
     before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the child inherits it (no preexec_fn: threads)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "cv_pipeline.sources.sample_site", "--port", "0", "--questions", "20"],
@@ -359,6 +357,7 @@ def test_standalone_command_stops_on_sigterm_even_when_its_parent_ignores_it() -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
 
 # -- corpus content ------------------------------------------------------------------------------
 @pytest.mark.parametrize(

@@ -8,3 +8,8 @@
 
 Submodules are imported on use, so ``metrics`` and ``report`` stay cheap (no torch import).
 """
+
+from typing import Literal
+
+# EvalConfig.merge_adapters and the Dagster setting of the same name; here, so that neither needs torch to name it.
+MergeMode = Literal["auto", "always", "never"]

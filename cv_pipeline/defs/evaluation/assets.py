@@ -1,7 +1,6 @@
 """`adapter_evaluation` (base vs each adapter, measured) and `adapter_exports` (merged weights, Ollama)."""
 
 import json
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -9,6 +8,7 @@ from pydantic import Field
 from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.k8s import GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
+from cv_pipeline.evaluation import MergeMode
 from cv_pipeline.profiles import Profile
 from cv_pipeline.training.config import ADAPTER_SPECS
 
@@ -23,7 +23,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         batch_size: int = Field(8, description="Sequences per forward pass.")
         max_length: int = Field(profile.eval_max_length, description="Token cap per scored chat (question + answer).")
         seed: int = Field(0, description="Seed of the held-out sample.")
-        merge_adapters: Literal["auto", "always", "never"] = Field(
+        merge_adapters: MergeMode = Field(
             "auto",
             description="Score adapters merged into the base weights: 'auto' only in float32 (exact); 'always' also "
             "in bf16 (3.8-5.5x faster decoding on an H200, but rounding lost up to 22% of an adapter's loss gain).",
