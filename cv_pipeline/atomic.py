@@ -1,6 +1,10 @@
 """Atomic file and folder writes: write to a temporary name beside the target, then rename.
 
 A reader (or a crash) therefore only ever sees the old complete file or the new complete one.
+Temporary names start with "." so globs over the data folder never pick them up. What is published
+gets the permissions an ordinary `open()` would give (mkstemp/mkdtemp create 0600/0700, which
+would lock out a webserver or a colleague running under another user), and the parent folder is
+fsynced after the rename so that a power loss right after success cannot undo it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,32 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    # /proc says it without changing it (os.umask can only be read by setting it, racy in threads).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it over ``target`` on success."""
@@ -27,7 +57,9 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -64,24 +96,36 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; swap it in for ``target`` on success.
 
-    The old folder is moved aside first and deleted only after the new one is in place, so a
-    crash leaves either the old folder or the new one under ``target`` (plus a hidden leftover that
-    the next writer removes). Writers of the same target hold a lock, so a scheduled run and a
-    manual one cannot interleave their swaps or delete each other's work in progress.
+    The old folder is moved aside to ``.<name>.old.dirtmp`` first and deleted only after the new
+    one is in place. If the second rename fails, the old folder is moved back; if the process dies
+    between the two renames, the next writer finds no ``target`` beside an ``.old`` folder and
+    restores it before anything else. So ``target`` only ever holds the old complete folder or the
+    new one. Writers of the same target hold a lock, so a scheduled run and a manual one cannot
+    interleave their swaps or delete each other's work in progress.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.parent / f".{target.name}.old.dirtmp"
     with _exclusive(target.parent / f".{target.name}.lock"):
+        if old.is_dir() and not target.exists():  # a writer died mid-swap: put the old folder back
+            os.replace(old, target)
         for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
         try:
             yield tmp
-            old = target.parent / f".{target.name}.old.dirtmp"
+            os.chmod(tmp, 0o777 & ~_umask())
+            moved_aside = False
             if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
-            os.replace(tmp, target)
+                moved_aside = True
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                if moved_aside and not target.exists():
+                    os.replace(old, target)
+                raise
+            _fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -145,6 +145,66 @@ def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, kill
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["pairs.parquet"]
 
 
+def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700; what is published must be readable as a plain open() would make it."""
+    import os
+
+    from cv_pipeline.atomic import atomic_dir, write_text
+
+    previous = os.umask(0o022)
+    try:
+        write_text(tmp_path / "batch.json", "{}")
+        with atomic_dir(tmp_path / "adapter") as tmp:
+            (tmp / "adapter_model.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "batch.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_failed_folder_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import os
+
+    from cv_pipeline import atomic
+
+    target = tmp_path / "chat_dataset"
+    target.mkdir()
+    (target / "train.jsonl").write_text("old")
+    real_replace = os.replace
+
+    def failing_second_rename(src, dst):
+        if Path(src).name.startswith(".chat_dataset.") and not Path(src).name.endswith(".old.dirtmp") \
+                and Path(dst) == target:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_second_rename)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "train.jsonl").write_text("new")
+    assert (target / "train.jsonl").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["chat_dataset"]
+
+
+def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
+    """Dying after the old folder was moved aside and before the new one moved in: the next writer restores it."""
+    from cv_pipeline.atomic import atomic_dir
+
+    target = tmp_path / "chat_dataset"
+    aside = tmp_path / ".chat_dataset.old.dirtmp"  # the state such a crash leaves
+    aside.mkdir()
+    (aside / "train.jsonl").write_text("old")
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):  # the next writer fails too: the old folder must still come back
+        with atomic_dir(target):
+            raise Abort
+    assert (target / "train.jsonl").read_text() == "old"
+    assert not aside.exists()
+
+
 def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_path):
     from cv_pipeline.defs.project import build_definitions
     from cv_pipeline.profiles import get_profile
