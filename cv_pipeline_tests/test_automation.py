@@ -47,7 +47,8 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     rows = [
         {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
          "tags": ["t"], "question": f"How do I read question {q}?", "answer": f"Carefully, answer {q}.",
-         "link": f"https://stats.stackexchange.com/q/{q}", "license": "CC BY-SA 4.0"}
+         "link": f"https://stats.stackexchange.com/q/{q}", "license": "CC BY-SA 4.0",
+         "answer_license": "CC BY-SA 4.0"}
         for q in range(1, 80)
     ]
     (tmp_path / "cleaned").mkdir()

@@ -385,6 +385,13 @@ def test_clean_batch_rows_and_counts() -> None:
     }
     assert rows[1]["license"] == "CC BY-SA 3.0" and rows[1]["question"].endswith(f"{LONG} e")
     assert rows[2]["answer_id"] == 82 and rows[2]["license"] == "unknown"
+    # the rows are what the cleaned-pairs Parquet schema describes, column for column
+    import pyarrow as pa
+
+    from cv_pipeline.curation.dataset import CLEANED_SCHEMA
+
+    assert list(first) == CLEANED_SCHEMA.names
+    assert pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA).to_pylist() == rows
 
 
 def test_clean_batch_empty() -> None:

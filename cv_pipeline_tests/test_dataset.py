@@ -28,6 +28,7 @@ def pair(qid: int, score: int, rank: int = 0, question: str | None = None) -> di
         "answer": f"Answer {qid}: it is the probability of data at least this extreme under the null.",
         "link": f"https://stats.stackexchange.com/questions/{qid}",
         "license": "CC BY-SA 4.0",
+        "answer_license": "CC BY-SA 4.0",
     }
 
 
@@ -121,10 +122,77 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
         ("a <br/> b", True),
         ("<!-- comment", True),
         ("Closed. This question needs details", True),
+        # MathJax is text: comparisons inside it, even across two spans, are no tag
+        (r"Reject when $T<c \mid H_0$ is false, i.e. when $T>c$.", False),
+        (r"We need $P(a<X \le b)$ for $b>a$.", False),
+        ("$$x<y$$ and then <div class='x'>", True),
+        ("Java's List<String> or Map<K, V>", False),  # not HTML element names
+        ("if a<b and c>d", True),  # looks like a <b> tag: only the raw HTML can excuse it (next test)
     ],
 )
 def test_markup_detector(text, has_markup):
     assert bool(validate.rows_with_markup([{"question_id": 1, "question": text, "answer": "ok"}])) is has_markup
+
+
+@pytest.mark.parametrize(
+    "text, raw, flagged",
+    [
+        ("Use <br> for a line break", "<p>Use <code>&lt;br&gt;</code> for a line break</p>", False),
+        ("if a<b and c>d", "<p>if a&lt;b and c&gt;d</p>", False),
+        ("if a<b and c>d", "<p>if a&#60;b and c&#62;d</p>", False),
+        ("left <p>over", "<p>left</p><p>over</p>", True),  # a real tag the cleaner missed
+        ("Use <br> and <p>", "<p>Use <code>&lt;br&gt;</code> and</p><p></p>", True),  # one excused, one not
+        ("Use <br> here", None, True),  # no raw HTML found for the pair: not excused
+    ],
+)
+def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw, flagged):
+    asked: list[list[int]] = []
+
+    def raw_html(ids: list[int]) -> dict[int, str]:
+        asked.append(ids)
+        return {} if raw is None else {7: raw}
+
+    rows = [{"question_id": 7, "question": text, "answer": "ok"}, {"question_id": 8, "question": "clean", "answer": "ok"}]
+    assert validate.rows_with_markup(rows, raw_html=raw_html) == ([7] if flagged else [])
+    assert asked == [[7]]  # only suspects are looked up
+
+
+def test_the_same_question_under_two_ids_is_kept_once_across_partitions():
+    """Text de-duplication spans all partitions (the cleaner's only sees one), so a copy cannot land in another split."""
+    text = "How do I interpret a p-value? I read the definition twice."
+    qids = [q for q in range(1000, 1200) if split_of(q) == "train"][:1] + [
+        q for q in range(1000, 1200) if split_of(q) == "test"][:1]
+    rows = [pair(qids[0], 50, rank=10, question=text), pair(qids[1], 40, rank=5003, question=text), pair(3, 1)]
+    ds = build_chat_dataset(rows, top_n=10)
+    kept = [r for rows in ds.splits.values() for r in rows]
+    assert sorted(r["question_id"] for r in kept) == sorted([qids[0], 3])  # the higher-voted copy stays
+    assert ds.duplicate_texts_dropped == 1 == ds.counts["duplicate_texts_dropped"]
+    assert ds.duplicates_dropped == 0
+
+
+def test_each_row_carries_the_answer_licence_and_link_for_attribution():
+    row = pair(784, 12) | {"license": "CC BY-SA 2.5", "answer_license": "CC BY-SA 3.0", "answer_id": 795,
+                           "link": "https://cstheory.meta.stackexchange.com/questions/784/some-title"}
+    (rec,) = [r for rows in build_chat_dataset([row]).splits.values() for r in rows]
+    assert (rec["license"], rec["answer_license"]) == ("CC BY-SA 2.5", "CC BY-SA 3.0")
+    assert rec["answer_link"] == "https://cstheory.meta.stackexchange.com/a/795"
+
+
+def test_a_partition_that_kept_no_pair_does_not_break_the_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cv_pipeline.curation.dataset import CLEANED_SCHEMA, read_cleaned
+
+    full = [pair(q, q) | {"accepted_answer_id": None, "title": "t", "creation_date": 1} for q in range(1, 4)]
+    pq.write_table(pa.Table.from_pylist(full, schema=CLEANED_SCHEMA), tmp_path / "pairs_00000-04999.parquet")
+    pq.write_table(pa.Table.from_pylist([], schema=CLEANED_SCHEMA), tmp_path / "pairs_05000-09999.parquet")
+    pq.write_table(pa.Table.from_pylist([]), tmp_path / "pairs_10000-14999.parquet")  # as older versions wrote it
+    rows = read_cleaned(sorted(tmp_path.glob("*.parquet")))
+    assert [r["question_id"] for r in rows] == [1, 2, 3]
+    pq.write_table(pa.Table.from_pylist([{"question_id": 1}]), tmp_path / "pairs_15000-19999.parquet")
+    with pytest.raises(ValueError, match="pairs_15000-19999.parquet is not a cleaned-pairs file .*answer_license"):
+        read_cleaned(sorted(tmp_path.glob("*.parquet")))
 
 
 def test_concurrent_writers_of_one_folder_take_turns(tmp_path):
@@ -148,3 +216,44 @@ def test_concurrent_writers_of_one_folder_take_turns(tmp_path):
     contents = {(target / f"part{j}.txt").read_text() for j in range(20)}
     assert len(contents) == 1  # one writer's complete folder, never a mix
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["chat_dataset"]
+
+
+def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_their_checks(tmp_path):
+    """Dagster run: one partition with pairs (one quotes `&lt;br&gt;` in inline code), one empty partition."""
+    import dagster as dg
+
+    from cv_pipeline.atomic import write_json
+    from cv_pipeline.defs.curation.assets import build_chat_dataset_asset, cleaned_qa_pairs
+    from cv_pipeline.defs.curation.checks import chat_dataset_checks, cleaned_qa_pairs_checks
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline.sources.models import BatchStats, RawAnswer, RawBatch, RawQuestion
+
+    def question(qid: int, body: str) -> RawQuestion:
+        return RawQuestion(
+            question_id=qid, rank=qid, title=f"How do I show line breaks, case {qid}?", body_html=body, score=50 - qid,
+            link=f"https://stats.stackexchange.com/questions/{qid}", creation_date=1_500_000_000,
+            top_answer=RawAnswer(answer_id=qid + 100, score=3, creation_date=1_500_000_000,
+                                 body_html="<p>Put each value on its own line and check the plot again.</p>"),
+        )
+
+    batches = {
+        "00000-04999": [question(q, f"<p>In my R Markdown table I typed <code>&lt;br&gt;</code> in row {q}.</p>")
+                        for q in range(1, 40)],
+        "05000-09999": [],
+    }
+    for key, questions in batches.items():
+        start, stop = (int(x) for x in key.split("-"))
+        write_json(tmp_path / "raw" / f"questions_{key}.json", RawBatch(
+            partition_key=key, source="unit test", site="stats", start_rank=start, stop_rank=stop + 1,
+            questions=questions, stats=BatchStats()).model_dump(mode="json"))
+    resources = {"data_dir": DataDirResource(path=str(tmp_path))}
+    for key in batches:
+        result = dg.materialize([cleaned_qa_pairs, cleaned_qa_pairs_checks], partition_key=key, resources=resources)
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+    chat = build_chat_dataset_asset(get_profile("demo"))
+    result = dg.materialize([chat, chat_dataset_checks], resources=resources)
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 4 and all(e.passed for e in evaluations)
+    train = load_split(tmp_path / "chat_dataset", "train")
+    assert "<br>" in train[0]["messages"][0]["content"] and train[0]["answer_license"] == "CC BY-SA 3.0"

@@ -214,7 +214,8 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
         {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
          "tags": ["t"], "question": f"What is question {q} about variance?",
          "answer": "   " if q == 3 else f"Answer {q}.", "link": f"https://stats.stackexchange.com/q/{q}",
-         "license": "CC BY-SA 4.0"}
+         "license": "CC BY-SA 4.0",
+         "answer_license": "CC BY-SA 4.0"}
         for q in range(1, 60)
     ]
     (tmp_path / "cleaned").mkdir()

@@ -31,16 +31,19 @@ Data version `{ds.data_version}`. Source: {source}.
 {counts}
 
 Each row: `messages` = [user: question title + body, assistant: the highest-voted answer], as plain text
-(the cleaning rules are in the project README), with `question_id`, `answer_id`, scores, tags, `link` and
-`license`. Splits are fixed by a hash of the question id. `top_10k` holds the highest-voted pairs of `train`.
+(the cleaning rules are in the project README), with `question_id`, `answer_id`, scores, tags, and for
+attribution the question's `link` and `license` and the answer's `answer_link` and `answer_license`. Pairs are
+de-duplicated across all partitions by question id and by question text (the highest-voted copy stays).
+Splits are fixed by a hash of the question id. `top_10k` holds the highest-voted pairs of `train`.
 
 ![lengths](lengths.png)
 
 ## Licence and attribution
 The text is user content from Cross Validated (stats.stackexchange.com), licensed CC BY-SA (2.5, 3.0 or
-4.0 by post date; the `license` column has each row's). Anyone republishing it must say it comes from
-Stack Exchange, link each question (`link`), name and link its authors (look them up from the ids),
-and share derivatives under the same licence. Author names are deliberately not in this dataset.
+4.0 by post date; a question and its answer may differ: `license` is the question's, `answer_license` the
+answer's). Anyone republishing it must say it comes from Stack Exchange, link each question (`link`) and
+answer (`answer_link`), name and link their authors (look them up from the ids), and share derivatives under
+the same licence. Author names are deliberately not in this dataset.
 """
     readme = write_text(out_dir / "README.md", text)
     return readme, plot

@@ -1,7 +1,9 @@
 """Build the chat dataset from cleaned pairs (Dagster-free).
 
 The split of a pair depends only on a hash of its question id, so a re-run, or a new partition,
-never moves a pair between train, validation and test.
+never moves a pair between train, validation and test. De-duplication runs here over all
+partitions at once: by question id, and by question text (the same question posted twice under two
+ids, possibly ranked into different partitions, would otherwise land in two splits).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +22,29 @@ from cv_pipeline.atomic import atomic_dir
 
 SPLITS = ("train", "validation", "test")
 #: The columns a cleaned-pairs Parquet file must have.
-REQUIRED_COLUMNS = ("question_id", "answer_id", "question", "answer", "question_score", "link", "license")
+REQUIRED_COLUMNS = (
+    "question_id", "answer_id", "question", "answer", "question_score", "link", "license", "answer_license",
+)
+#: The schema of a cleaned-pairs Parquet file (the rows `cleaner.clean_batch` returns). Written
+#: explicitly so that a partition that keeps no pair still has every column.
+CLEANED_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("answer_id", pa.int64()),
+        ("accepted_answer_id", pa.int64()),
+        ("rank", pa.int64()),
+        ("question_score", pa.int64()),
+        ("answer_score", pa.int64()),
+        ("tags", pa.list_(pa.string())),
+        ("title", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("link", pa.string()),
+        ("license", pa.string()),
+        ("answer_license", pa.string()),
+        ("creation_date", pa.int64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +78,8 @@ def read_cleaned(paths: Iterable[Path]) -> list[dict]:
     rows: list[dict] = []
     for path in paths:
         table = pq.read_table(path)
+        if table.num_rows == 0:  # a partition that kept nothing (older files have no columns either)
+            continue
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(
@@ -68,23 +95,38 @@ class ChatDataset:
     top: list[dict]
     duplicates_dropped: int
     data_version: str
+    duplicate_texts_dropped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def answer_link(question_link: str, answer_id: int) -> str:
+    """The answer's own short link on the question's site (``https://<site>/a/<id>``)."""
+    parts = urlsplit(question_link)
+    return f"{parts.scheme}://{parts.netloc}/a/{answer_id}"
 
 
 def build_chat_dataset(
     cleaned_rows: Sequence[dict], top_n: int = 10_000, fractions: SplitFractions = SplitFractions()
 ) -> ChatDataset:
-    """Merge, de-duplicate by question id (highest score wins), split, and pick the top-N of train."""
+    """Merge, de-duplicate (by question id, then by question text; the highest-voted copy wins),
+    split, and pick the top-N of train."""
+    def rank_key(row: dict) -> tuple:  # best first: score, then ranking position, then id
+        return (-row["question_score"], row.get("rank") or 0, int(row["question_id"]))
+
     best: dict[int, dict] = {}
     for row in cleaned_rows:
         qid = int(row["question_id"])
         kept = best.get(qid)
-        if kept is None or (row["question_score"], -row.get("rank", 0)) > (kept["question_score"], -kept.get("rank", 0)):
+        if kept is None or rank_key(row) < rank_key(kept):
             best[qid] = row
     duplicates = len(cleaned_rows) - len(best)
+    by_text: dict[str, dict] = {}
+    for row in sorted(best.values(), key=rank_key):
+        by_text.setdefault(row["question"], row)
+    text_duplicates = len(best) - len(by_text)
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for qid in sorted(best):
-        row = best[qid]
+    for row in sorted(by_text.values(), key=lambda r: int(r["question_id"])):
+        qid = int(row["question_id"])
         record = {
             "question_id": qid,
             "answer_id": int(row["answer_id"]),
@@ -92,14 +134,19 @@ def build_chat_dataset(
             "answer_score": int(row.get("answer_score") or 0),
             "tags": list(row.get("tags") or []),
             "link": row["link"],
+            "answer_link": answer_link(row["link"], int(row["answer_id"])),
             "license": row["license"],
+            "answer_license": row["answer_license"],
             "messages": to_messages(row["question"], row["answer"]),
         }
         splits[split_of(qid, fractions)].append(record)
     top = sorted(splits["train"], key=lambda r: (-r["question_score"], r["question_id"]))[:top_n]
     version = content_hash(splits, top)
-    counts = {s: len(v) for s, v in splits.items()} | {"top_10k": len(top), "duplicates_dropped": duplicates}
-    return ChatDataset(splits=splits, top=top, duplicates_dropped=duplicates, data_version=version, counts=counts)
+    counts = {s: len(v) for s, v in splits.items()} | {
+        "top_10k": len(top), "duplicates_dropped": duplicates, "duplicate_texts_dropped": text_duplicates,
+    }
+    return ChatDataset(splits=splits, top=top, duplicates_dropped=duplicates, data_version=version, counts=counts,
+                       duplicate_texts_dropped=text_duplicates)
 
 
 def content_hash(splits: dict[str, list[dict]], top: list[dict]) -> str:
@@ -139,7 +186,9 @@ _FEATURES_SCHEMA = pa.schema(
         ("answer_score", pa.int64()),
         ("tags", pa.list_(pa.string())),
         ("link", pa.string()),
+        ("answer_link", pa.string()),
         ("license", pa.string()),
+        ("answer_license", pa.string()),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ]
 )

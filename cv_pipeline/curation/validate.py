@@ -3,19 +3,67 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-# A tag-like token: "<p", "</div", "<br/>", "<!--"; MathJax such as "$a<b$" has no letter right after "<".
-_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>|<!--")
+# HTML element names: "<b and c>" in "if a<b and c>d" looks like a tag, "<n>" or "List<T>" does not.
+_ELEMENTS = (
+    "a abbr acronym address area article aside audio b base basefont bdi bdo big blink blockquote body br "
+    "button canvas caption center cite code col colgroup data datalist dd del details dfn dialog dir div dl dt "
+    "em embed fieldset figcaption figure font footer form frame frameset h1 h2 h3 h4 h5 h6 head header hgroup "
+    "hr html i iframe img input ins kbd label legend li link listing main map mark marquee math menu meta meter "
+    "nav nobr noembed noframes noscript object ol optgroup option output p param picture plaintext pre "
+    "progress q rp rt ruby s samp script search section select slot small source span strike strong style sub "
+    "summary sup svg table tbody td template textarea tfoot th thead time title tr track tt u ul var video wbr "
+    "xmp"
+).split()
+_TAG = re.compile(r"</?(" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")(?:\s[^<>]*)?/?>|<!--", re.I)
+# MathJax is kept verbatim (rule 3), so "$T<c \mid H_0$ ... $T>c$" is text: blank math out before looking.
+_MATH = re.compile(r"\$\$.*?\$\$|\$[^$]*\$", re.S)
 _NOTICE = re.compile(r"(This question already has answers? here|Closed\.\s+This question|Want to improve this question\?)", re.I)
 
 
+def markup_tokens(text: str) -> list[str]:
+    """Tag-like tokens left in cleaned text, outside MathJax: the element names (or "!--")."""
+    return [m.group(1).lower() if m.group(1) else "!--" for m in _TAG.finditer(_MATH.sub(" ", text))]
+
+
 def html_left(text: str) -> bool:
-    return bool(_TAG.search(text))
+    return bool(markup_tokens(text))
 
 
-def rows_with_markup(rows: Iterable[dict], fields: tuple[str, ...] = ("question", "answer")) -> list[int]:
-    return [r["question_id"] for r in rows if any(html_left(r[f]) or _NOTICE.search(r[f]) for f in fields)]
+def _escaped_in(name: str, raw_html: str) -> bool:
+    """Whether the post's HTML writes "<name" as text (escaped), e.g. `<code>&lt;br&gt;</code>`."""
+    raw = raw_html.lower()
+    return any(f"{lt}{name}" in raw for lt in ("&lt;", "&#60;", "&#x3c;", "&#x003c;"))
+
+
+def rows_with_markup(
+    rows: Iterable[dict],
+    fields: tuple[str, ...] = ("question", "answer"),
+    raw_html: Callable[[list[int]], dict[int, str]] | None = None,
+) -> list[int]:
+    """Rows with notice text, or with a tag-like token the cleaner should have removed.
+
+    Text can hold a tag legitimately: a post that writes `&lt;br&gt;` (in inline code, say) shows
+    "<br>". Given ``raw_html`` (question ids -> the pair's raw HTML, asked only for suspects), a
+    token the raw HTML writes escaped is excused; a real tag left over never is.
+    """
+    bad: list[int] = []
+    suspects: dict[int, set[str]] = {}
+    for r in rows:
+        texts = [r[f] for f in fields]
+        if any(_NOTICE.search(t) for t in texts):
+            bad.append(r["question_id"])
+            continue
+        tokens = {tok for t in texts for tok in markup_tokens(t)}
+        if tokens:
+            suspects[r["question_id"]] = tokens
+    sources = raw_html(sorted(suspects)) if suspects and raw_html else {}
+    for qid, tokens in suspects.items():
+        raw = sources.get(qid)
+        if raw is None or not all(tok != "!--" and _escaped_in(tok, raw) for tok in tokens):
+            bad.append(qid)
+    return bad
 
 
 def rows_with_empty_text(rows: Iterable[dict], fields: tuple[str, ...] = ("question", "answer")) -> list[int]:
@@ -23,7 +71,9 @@ def rows_with_empty_text(rows: Iterable[dict], fields: tuple[str, ...] = ("quest
 
 
 def rows_without_license(rows: Iterable[dict]) -> list[int]:
-    return [r["question_id"] for r in rows if not (r.get("license") or "").strip()]
+    """Rows missing the question's or the answer's licence."""
+    return [r["question_id"] for r in rows
+            if not (r.get("license") or "").strip() or not (r.get("answer_license") or "").strip()]
 
 
 def bad_roles(rows: Iterable[dict]) -> list[int]:

@@ -3,7 +3,7 @@ from pydantic import Field
 
 from cv_pipeline.atomic import atomic_path
 from cv_pipeline.curation import cleaner
-from cv_pipeline.curation.dataset import build_chat_dataset, read_cleaned, save_chat_dataset
+from cv_pipeline.curation.dataset import CLEANED_SCHEMA, build_chat_dataset, read_cleaned, save_chat_dataset
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
 from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM
@@ -49,7 +49,7 @@ def cleaned_qa_pairs(
     rows, counts = cleaner.clean_batch(batch.questions, config.to_cleaning_config())
     out = data_dir.cleaned_file(key)
     with atomic_path(out, suffix=".parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA), tmp)
     context.log.info(f"partition {key}: kept {len(rows)} of {len(batch.questions)} pairs; counts {counts}")
     return dg.MaterializeResult(
         metadata={
@@ -70,7 +70,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
 
     @dg.asset(
         deps=[cleaned_qa_pairs],
-        code_version="1",
+        code_version="2",  # 2: de-duplication by question text across partitions; answer licence and link
         automation_condition=FOLLOW_ANY_PARTITION,
         group_name="curation",
         kinds={"python", "huggingface"},

@@ -65,7 +65,10 @@ def cleaned_qa_pairs_checks(
         context,
         _CLEANED_ASSET,
         {
-            "cleaned_has_no_markup": ("no markup or notice text", lambda: validate.rows_with_markup(rows)),
+            "cleaned_has_no_markup": (
+                "no markup or notice text",
+                lambda: validate.rows_with_markup(rows, raw_html=lambda ids: _raw_pair_html(data_dir, ids)),
+            ),
             "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows)),
             "cleaned_rows_complete": (
                 "non-empty, licensed",
@@ -75,22 +78,36 @@ def cleaned_qa_pairs_checks(
     )
 
 
-def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
-    """Kept pairs whose raw question or top answer has a <pre> code block."""
+def _raw_questions(data_dir: DataDirResource) -> Iterator:
     from cv_pipeline.collection import load_batch
-    from cv_pipeline.curation.cleaner import has_code_block
 
-    kept = {r["question_id"] for r in rows}
-    bad = []
     for raw in sorted(data_dir.sub("raw").glob("questions_*.json")):
         if raw.name.endswith(".stats.json"):  # the run-stats sidecar, not a batch
             continue
-        for q in load_batch(raw).questions:
-            if q.question_id in kept and (
-                has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html))
-            ):
-                bad.append(q.question_id)
-    return bad
+        yield from load_batch(raw).questions
+
+
+def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
+    """Kept pairs whose raw question or top answer has a <pre> code block."""
+    from cv_pipeline.curation.cleaner import has_code_block
+
+    kept = {r["question_id"] for r in rows}
+    return [
+        q.question_id
+        for q in _raw_questions(data_dir)
+        if q.question_id in kept
+        and (has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html)))
+    ]
+
+
+def _raw_pair_html(data_dir: DataDirResource, question_ids: list[int]) -> dict[int, str]:
+    """The raw HTML (question + top answer) of a few pairs, to tell a tag left over from one a post writes as text."""
+    wanted = set(question_ids)
+    return {
+        q.question_id: q.body_html + (q.top_answer.body_html if q.top_answer else "")
+        for q in _raw_questions(data_dir)
+        if q.question_id in wanted
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +126,7 @@ def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
         dg.AssetCheckSpec("chat_splits_disjoint", asset=chat_dataset, blocking=True,
                           description="No question id appears in two splits."),
         dg.AssetCheckSpec("chat_rows_licensed", asset=chat_dataset, blocking=True,
-                          description="Every row carries its licence and link."),
+                          description="Every row carries the question's and the answer's licence and link."),
         dg.AssetCheckSpec("chat_has_no_markup", asset=chat_dataset, blocking=True,
                           description="No HTML or notice text in any message."),
     ],
@@ -131,15 +148,16 @@ def chat_dataset_checks(
             ),
             "chat_splits_disjoint": ("splits disjoint", lambda: validate.ids_in_two_splits(splits)),
             "chat_rows_licensed": (
-                "licence and link present",
-                lambda: [r["question_id"] for r in rows if not r.get("license") or not r.get("link")],
+                "licence and link of question and answer present",
+                lambda: [r["question_id"] for r in rows
+                         if not all(r.get(k) for k in ("license", "link", "answer_license", "answer_link"))],
             ),
             "chat_has_no_markup": (
                 "no markup",
                 lambda: validate.rows_with_markup(
-                    {"question_id": r["question_id"], "question": r["messages"][0]["content"],
-                     "answer": r["messages"][-1]["content"]}
-                    for r in rows
+                    ({"question_id": r["question_id"], "question": r["messages"][0]["content"],
+                      "answer": r["messages"][-1]["content"]} for r in rows),
+                    raw_html=lambda ids: _raw_pair_html(data_dir, ids),
                 ),
             ),
         },
