@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from cv_pipeline.defs.project import build_definitions
+from cv_pipeline.defs.resources import StackExchangeResource
 from cv_pipeline.partitions import parse_partition_key, partition_keys
 from cv_pipeline.profiles import get_profile
 from cv_pipeline.training.config import TrainingHyperparams
@@ -104,6 +105,32 @@ def test_secrets_are_bound_as_env_vars_not_values(monkeypatch):
     assert isinstance(se.key, dg.EnvVar) and se.key.env_var_name == "STACKEXCHANGE_KEY"
     assert "k3y-s3cret-value" not in repr(se) and "k3y-s3cret-value" not in str(defs.resources)
     assert se.access_token is None
+
+
+def test_the_resource_an_asset_receives_never_prints_its_secrets(tmp_path, monkeypatch):
+    """Bound, the EnvVar becomes the value: printing or logging the resource must not show it."""
+    monkeypatch.setenv("STACKEXCHANGE_KEY", "k3y-s3cret-value")
+    monkeypatch.setenv("STACKEXCHANGE_ACCESS_TOKEN", "t0ken-s3cret-value")
+    seen: list[str] = []
+
+    @dg.asset
+    def shows_its_resource(stackexchange: StackExchangeResource) -> None:
+        assert stackexchange.key == "k3y-s3cret-value"  # the value did arrive
+        seen.extend([repr(stackexchange), str(stackexchange), f"{stackexchange}"])
+
+    resource = StackExchangeResource(source="api", key=dg.EnvVar("STACKEXCHANGE_KEY"),
+                                     access_token=dg.EnvVar("STACKEXCHANGE_ACCESS_TOKEN"))
+    assert dg.materialize([shows_its_resource], resources={"stackexchange": resource}).success
+    assert len(seen) == 3 and "source='api'" in seen[0]
+    assert not any("s3cret" in text for text in seen)
+
+
+def test_a_dump_source_without_a_path_is_a_clear_error_that_is_not_retried():
+    from cv_pipeline.sources.base import SourceError
+
+    with pytest.raises(SourceError, match="source=dump needs dump_path"):
+        with StackExchangeResource(source="dump").open():
+            pass
 
 
 def test_instance_yaml_is_valid_and_pools_limited_to_one(tmp_path):

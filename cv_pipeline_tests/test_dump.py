@@ -426,6 +426,37 @@ def test_truncated_file(tmp_path: Path, gz: bool) -> None:
     assert str(path) in str(err.value)
 
 
+def _7z(src: Path, dst: Path) -> Path:
+    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
+    with py7zr.SevenZipFile(dst, "w") as archive:
+        archive.write(src, "Posts.xml")
+    return dst
+
+
+def _cut(data: bytes) -> bytes:  # a download that stopped two thirds of the way
+    return data[: len(data) * 2 // 3]
+
+
+def _flip(data: bytes) -> bytes:  # bit rot in the packed data, headers intact
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+@pytest.mark.parametrize("damage", [_cut, _flip], ids=["truncated", "corrupt"])
+@pytest.mark.parametrize(("name", "pack"), [("stats.zip", _zip), ("stats.stackexchange.com.7z", _7z)])
+def test_a_damaged_archive_is_a_clear_source_error(tmp_path: Path, name: str, pack, damage) -> None:
+    """A SourceError (not the archive library's own exception) also tells the asset not to retry."""
+    rows = [q_row(i, i, Body="&lt;p&gt;" + "".join(chr(65 + (i * j * j) % 26) for j in range(400)) + "&lt;/p&gt;") for i in range(1, 300)]
+    packed = pack(write_posts(tmp_path / "Posts.xml", rows), tmp_path / name)
+    packed.write_bytes(damage(packed.read_bytes()))
+    extract_dir = tmp_path / "extracted"
+    with pytest.raises(SourceError, match="damaged or truncated.*download it again") as err:
+        with DumpSource(packed, extract_dir=extract_dir) as source:
+            all_questions(source)
+    assert str(packed) in str(err.value)
+    assert not (extract_dir / "Posts.xml").exists()  # no half-extracted file left to be read next time
+
+
 # -- hostile XML ----------------------------------------------------------------------------------
 @pytest.fixture
 def hang_guard() -> Iterator[None]:

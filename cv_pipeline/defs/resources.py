@@ -10,7 +10,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.sources.base import QuestionSource
+from cv_pipeline.sources.base import QuestionSource, SourceError
 
 
 class DataDirResource(dg.ConfigurableResource):
@@ -36,8 +36,11 @@ class StackExchangeResource(dg.ConfigurableResource):
     source: Literal["sample_site", "api", "dump"] = Field(description="Which implementation to use.")
     site: str = Field("stats", description="Stack Exchange site name.")
     api_base_url: str = Field("https://api.stackexchange.com/2.3", description="API root (source=api).")
-    key: str | None = Field(None, description="App key (STACKEXCHANGE_KEY): raises the daily quota from 300 to 10,000.")
-    access_token: str | None = Field(None, description="Access token (STACKEXCHANGE_ACCESS_TOKEN), optional.")
+    # repr=False: the resource an asset receives never shows them when printed or logged.
+    key: str | None = Field(
+        None, repr=False, description="App key (STACKEXCHANGE_KEY): raises the daily quota from 300 to 10,000."
+    )
+    access_token: str | None = Field(None, repr=False, description="Access token (STACKEXCHANGE_ACCESS_TOKEN), optional.")
     dump_path: str | None = Field(None, description="Posts.xml or the site archive (source=dump).")
     sample_site_questions: int = Field(10_000, description="Generated corpus size (source=sample_site).")
     sample_site_seed: int = Field(0, description="Generated corpus seed (source=sample_site).")
@@ -50,7 +53,9 @@ class StackExchangeResource(dg.ConfigurableResource):
             from cv_pipeline.sources.dump import DumpSource
 
             if not self.dump_path:
-                raise ValueError("source=dump needs dump_path: the Posts.xml (or archive) of the site's data dump")
+                raise SourceError(
+                    "source=dump needs dump_path: set it to the Posts.xml (or the archive) of the site's data dump"
+                )
             with DumpSource(Path(self.dump_path), site=self.site, keep_all_answers=self.keep_all_answers) as src:
                 yield src
             return

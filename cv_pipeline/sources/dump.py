@@ -405,9 +405,7 @@ class DumpSource(QuestionSource):
                 try:
                     chunk = stream.read(_CHUNK)
                 except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
-                    raise SourceError(
-                        f"{self.path}: the archive is damaged or truncated ({exc}); download it again"
-                    ) from exc
+                    raise self._damaged(exc) from exc
                 try:
                     parser.Parse(chunk, not chunk)
                 except pyexpat.ExpatError as exc:
@@ -418,6 +416,9 @@ class DumpSource(QuestionSource):
                     break
         if not reader.seen_root:
             raise SourceError(f"{self.path}: no XML element found; {EXPECTED}")
+
+    def _damaged(self, exc: BaseException) -> SourceError:
+        return SourceError(f"{self.path}: the archive is damaged or truncated ({exc}); download it again")
 
     def _xml_error(self, exc: pyexpat.ExpatError, reader: _RowReader, at_end: bool) -> SourceError:
         where = f"line {exc.lineno}, column {exc.offset}: {pyexpat.ErrorString(exc.code)}"
@@ -436,7 +437,12 @@ class DumpSource(QuestionSource):
             magic = raw.read(6)
             raw.seek(0)
             if magic.startswith(b"PK\x03\x04"):
-                with zipfile.ZipFile(raw) as archive, archive.open(self._zip_member(archive)) as member:
+                try:
+                    archive = zipfile.ZipFile(raw)
+                    member = archive.open(self._zip_member(archive))
+                except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                    raise self._damaged(exc) from exc
+                with archive, member:
                     yield member
             elif magic.startswith(b"\x1f\x8b"):
                 with gzip.open(raw) as stream:
@@ -481,14 +487,22 @@ class DumpSource(QuestionSource):
                 f"{self.path}: a .7z archive, and py7zr is not installed; extract Posts.xml first "
                 "(7z x ARCHIVE Posts.xml) and pass its path, or install py7zr"
             ) from None
-        with py7zr.SevenZipFile(self.path, mode="r") as archive:
-            member = next((n for n in archive.getnames() if n.rsplit("/", 1)[-1].lower() == "posts.xml"), None)
-            if member is None:
-                raise SourceError(f"{self.path}: the .7z archive holds no Posts.xml; {EXPECTED}")
-            if self._extract_dir is None:
-                self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
-            target = self._extract_dir or self._own_extract_dir
-            assert target is not None
-            archive.extract(path=target, targets=[member])
+        import py7zr.exceptions
+
+        damaged = (OSError, EOFError, lzma.LZMAError, py7zr.exceptions.Bad7zFile, py7zr.exceptions.CrcError)
+        member: str | None = None
+        target = self._extract_dir
+        try:
+            with py7zr.SevenZipFile(self.path, mode="r") as archive:
+                member = next((n for n in archive.getnames() if n.rsplit("/", 1)[-1].lower() == "posts.xml"), None)
+                if member is None:
+                    raise SourceError(f"{self.path}: the .7z archive holds no Posts.xml; {EXPECTED}")
+                if target is None:
+                    target = self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
+                archive.extract(path=target, targets=[member])
+        except damaged as exc:
+            if member is not None and target is not None:  # never leave a half-extracted Posts.xml to be read
+                (target / member).unlink(missing_ok=True)
+            raise self._damaged(exc) from exc
         self._xml_path = target / member
         return self._xml_path
