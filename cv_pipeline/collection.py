@@ -49,11 +49,13 @@ def stats_path(out_file: Path) -> Path:
 
 
 def _checkpoint_owner(source: QuestionSource) -> dict[str, object]:
-    return {"source": source.describe(), "site": source.site(), "page_size": source.page_size}
+    # Everything that changes what a page holds: resuming pages of another shape would mix them in one batch.
+    return {"source": source.describe(), "site": source.site(), "page_size": source.page_size,
+            "keep_all_answers": source.keep_all_answers}
 
 
 def _prepare_checkpoints(checkpoint_dir: Path, source: QuestionSource, log: Log) -> None:
-    """Keep saved pages only if the same source (site, page size) wrote them."""
+    """Keep saved pages only if the same source (site, page size, answers kept) wrote them."""
     owner_file = checkpoint_dir / _SOURCE_FILE
     owner = _checkpoint_owner(source)
     if owner_file.exists():

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import html
+import http.server
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from cv_pipeline.sources.api import (
     FILTER_INCLUDE,
     StackExchangeAPISource,
     answer_from_api_item,
+    proxy_for,
     question_from_api_item,
     redact_url_secrets,
 )
@@ -553,6 +557,84 @@ def test_sample_site_pages_and_mapping(site_clock: FakeClock, caplog: pytest.Log
     assert any("&" in q.title or '"' in q.title or "'" in q.title for p in pages for q in p.questions)
     for record in caplog.records:
         assert KEY not in record.getMessage() + repr(record.args)
+
+
+class _ForwardingProxy(http.server.ThreadingHTTPServer):
+    """A plain HTTP forward proxy on loopback: receives absolute URLs, sends them on to ``upstream``."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.seen: list[str] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: _ForwardingProxy
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.server.seen.append(self.path)
+        parts = urlsplit(self.path)  # a proxy is sent the whole URL
+        target = self.server.upstream + parts.path + (f"?{parts.query}" if parts.query else "")
+        with httpx.Client(trust_env=False) as client:
+            upstream = client.get(target, headers={"Accept-Encoding": "gzip"})
+        body = upstream.read()  # decoded by httpx: forwarded without Content-Encoding
+        self.send_response(upstream.status_code)
+        self.send_header("Content-Type", upstream.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_client_goes_through_the_proxy_the_environment_names(
+    site_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx ignores HTTP_PROXY once a transport is passed; behind a proxy the client must still get out."""
+    with SampleSite(n_questions=150, clock=site_clock.now, valid_keys={KEY}) as site:
+        proxy = _ForwardingProxy(urlsplit(site.base_url)._replace(path="").geturl())
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            monkeypatch.delenv("http_proxy", raising=False)
+            # a host only the proxy can reach (.invalid never resolves)
+            with StackExchangeAPISource(base_url="http://api.cv-sample.invalid/2.3", key=KEY, clock=site_clock) as src:
+                page = src.fetch_page(1)
+            assert len(page.questions) == 100
+            assert [urlsplit(u).path for u in proxy.seen] == ["/2.3/filters/create", "/2.3/questions"]
+            assert all(urlsplit(u).hostname == "api.cv-sample.invalid" for u in proxy.seen)
+            # loopback and NO_PROXY hosts go direct, whatever the proxy variables say
+            before = len(proxy.seen)
+            with StackExchangeAPISource(base_url=site.base_url, clock=site_clock) as direct:
+                assert len(direct.fetch_page(1).questions) == 100
+            assert len(proxy.seen) == before
+        finally:
+            proxy.shutdown()
+            proxy.server_close()
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        ({"HTTPS_PROXY": "http://p:3128"}, "https://api.stackexchange.com/2.3", "http://p:3128"),
+        ({"https_proxy": "http://p:3128", "NO_PROXY": "stackexchange.com"}, "https://api.stackexchange.com/2.3", None),
+        ({"HTTP_PROXY": "http://p:3128"}, "https://api.stackexchange.com/2.3", None),  # https needs HTTPS_PROXY
+        ({"ALL_PROXY": "http://p:1080"}, "https://api.stackexchange.com/2.3", "http://p:1080"),
+        ({"HTTPS_PROXY": "http://p:3128", "HTTP_PROXY": "http://p:3128"}, "http://127.0.0.1:8123/2.3", None),
+        ({"HTTP_PROXY": "http://p:3128"}, "http://localhost:8123/2.3", None),
+        ({}, "https://api.stackexchange.com/2.3", None),
+    ],
+)
+def test_proxy_for(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for(url) == expected
 
 
 @pytest.mark.parametrize(

@@ -121,12 +121,15 @@ def test_resume_after_quota_stop_refetches_no_saved_page(tmp_path: Path) -> None
     assert batch.questions[29].rank == 29  # the first (higher-ranked) sighting is kept
 
 
-def test_checkpoints_of_another_source_are_not_reused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("differs", ["site", "keep_all_answers"])
+def test_checkpoints_of_another_source_are_not_reused(tmp_path: Path, differs: str) -> None:
+    """Pages saved by another site, or with other answers kept, would mix two shapes of page in one batch."""
     first = ListSource(200, site="stats")
     first.fail_at[3] = QuotaExhausted("spent")
     with pytest.raises(QuotaExhausted):
         run(first, tmp_path)
-    other = ListSource(200, site="math")
+    other = ListSource(200, site="math" if differs == "site" else "stats")
+    other.keep_all_answers = differs == "keep_all_answers"
     batch = run(other, tmp_path)
     assert other.fetched == [1, 2, 3, 4, 5] and batch.stats.pages_resumed == 0
 

@@ -100,6 +100,27 @@ def _install_httpx_log_filter() -> None:
         httpx_logger.addFilter(_RedactSecretsFilter())
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; NO_PROXY).
+
+    httpx reads these itself only when it builds its own transport, and this client brings one (the
+    credential wrapper), so it applies them here. Loopback hosts (the sample site) never use a proxy.
+    """
+    import ipaddress
+    import urllib.request
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or urllib.request.proxy_bypass_environment(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 class _CredentialTransport(httpx.BaseTransport):
     """Adds key/access_token to the query on the way out only; httpx logs the URL without them."""
 
@@ -246,7 +267,7 @@ class StackExchangeAPISource(QuestionSource):
         _install_httpx_log_filter()
         self._client = httpx.Client(
             base_url=self.base_url,
-            transport=_CredentialTransport(transport or httpx.HTTPTransport(), credentials),
+            transport=_CredentialTransport(transport or httpx.HTTPTransport(proxy=proxy_for(self.base_url)), credentials),
             timeout=timeout,
             headers={"Accept-Encoding": "gzip", "User-Agent": "cv_pipeline (Cross Validated dataset builder)"},
         )

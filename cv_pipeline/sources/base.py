@@ -28,6 +28,8 @@ class QuestionSource(abc.ABC):
 
     #: Questions per page; partitions are whole numbers of pages.
     page_size: int = 100
+    #: Whether each question keeps every answer (else only the highest-voted one).
+    keep_all_answers: bool = False
 
     @abc.abstractmethod
     def describe(self) -> str:
