@@ -72,6 +72,7 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:
     from cv_pipeline.evaluation.inference import stream_answer
     from cv_pipeline.profiles import default_data_dir
+    from cv_pipeline.training.base_model import base_model_dir
 
     data = default_data_dir()
     adapter_dir = None
@@ -79,7 +80,7 @@ def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) ->
         adapter_dir = data / "adapters" / adapter / "adapter"
         if not adapter_dir.exists():
             raise SystemExit(f"no adapter {adapter!r} at {adapter_dir}: run the pipeline (`make demo`) first")
-    for piece in stream_answer(question, data / "models" / "base", adapter_dir, device=device, max_new_tokens=max_new_tokens):
+    for piece in stream_answer(question, base_model_dir(data / "models" / "base"), adapter_dir, device=device, max_new_tokens=max_new_tokens):
         print(piece, end="", flush=True)
     print()
 

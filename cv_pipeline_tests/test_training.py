@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cv_pipeline.training.base_model import BaseModelError, prepare_base_model, validate_model_dir
+from cv_pipeline.training.base_model import BaseModelError, base_model_dir, prepare_base_model, validate_model_dir
 from cv_pipeline.training.config import (
     ADAPTER_SPECS,
     LoraHyperparams,
@@ -142,7 +142,37 @@ def test_local_folder_is_validated_and_referenced(tmp_path):
     info = prepare_base_model(str(src), tmp_path / "unused")
     assert (info.path, info.n_params, info.max_position_embeddings) == (src, 17, 2048)
     assert info.has_chat_template and len(info.content_hash) == 64
-    assert not (tmp_path / "unused").exists()
+    assert not (tmp_path / "unused").exists()  # never copied
+    assert base_model_dir(tmp_path / "unused") == src.resolve()  # but that is where the model is loaded from
+
+
+def test_the_base_model_asset_points_every_later_step_at_the_model_it_prepared(tmp_path, monkeypatch):
+    """A local folder replaces an earlier embedded conversion (and back): nothing loads a stale model."""
+    import dagster as dg
+
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.defs.training.assets import build_base_model_asset
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline.training import base_model as bm
+
+    data_dir = DataDirResource(path=str(tmp_path / "data"))
+    stale = _fake_model_dir(data_dir.base_model_home())  # what an earlier demo run converted
+    monkeypatch.setattr(bm, "_prepare_embedded", lambda out: bm.validate_model_dir(out, source="embedded"))
+    asset = build_base_model_asset(get_profile("demo"))
+
+    def materialise(source: str) -> str:
+        result = dg.materialize([asset], resources={"data_dir": data_dir},
+                                run_config={"ops": {"base_model": {"config": {"source": source}}}})
+        return result.asset_materializations_for_node("base_model")[0].tags["dagster/data_version"]
+
+    local = _fake_model_dir(tmp_path / "Llama-3.2-3B-Instruct")
+    (local / "config.json").write_text((local / "config.json").read_text().replace("2048", "131072"))
+    version = materialise(str(local))
+    assert data_dir.base_model_dir() == local.resolve()
+    assert version == bm.validate_model_dir(data_dir.base_model_dir()).content_hash  # what training will load
+    assert stale.is_dir()  # the earlier conversion stays cached
+    materialise("embedded")
+    assert data_dir.base_model_dir() == stale
 
 
 @pytest.mark.parametrize(

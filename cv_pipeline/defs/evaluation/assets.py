@@ -53,7 +53,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
                 curves[name] = json.loads(summary.read_text()).get("loss_history", [])
         out_dir = data_dir.sub("evaluation")
         results = evaluate_models(
-            data_dir.sub("models") / "base", adapter_dirs, test_rows, REPORT_PROMPTS,
+            data_dir.base_model_dir(), adapter_dirs, test_rows, REPORT_PROMPTS,
             EvalConfig(**config.model_dump()), out_dir, log=context.log, device=device.device, training_curves=curves,
         )
         files = results["artifacts"]
@@ -86,7 +86,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
 
         metadata = {}
         for name in ADAPTER_SPECS:
-            res = export_adapter(data_dir.sub("models") / "base", data_dir.sub("adapters", name) / "adapter",
+            res = export_adapter(data_dir.base_model_dir(), data_dir.sub("adapters", name) / "adapter",
                                  data_dir.sub("exports") / name, model_name=f"cv-{name.replace('_', '-')}")
             context.log.info(f"exported {name} to {res.out_dir}")
             metadata[f"{name}/path"] = dg.MetadataValue.path(str(res.out_dir))

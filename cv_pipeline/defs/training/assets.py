@@ -25,7 +25,7 @@ def build_base_model_asset(profile: Profile) -> dg.AssetsDefinition:
     def base_model(context: dg.AssetExecutionContext, config: BaseModelSettings, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.training.base_model import prepare_base_model
 
-        info = prepare_base_model(config.source, data_dir.sub("models") / "base")
+        info = prepare_base_model(config.source, data_dir.base_model_home())
         context.log.info(f"base model ready at {info.path}: {info.architecture}, {info.n_params:,} parameters")
         return dg.MaterializeResult(
             metadata={
@@ -74,7 +74,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         )
         out_dir = data_dir.sub("adapters", spec.name)
         result = train_adapter(
-            base_model_dir=data_dir.sub("models") / "base",
+            base_model_dir=data_dir.base_model_dir(),
             train_dataset=train,
             eval_dataset=None,
             out_dir=out_dir,
