@@ -376,10 +376,27 @@ def test_changed_settings_do_not_resume_stale_checkpoints(base_dir, tmp_path):
     ckpt = tmp_path / "checkpoints"
     assert _resume_point(ckpt, "run-a", lambda _m: None) is None
     (ckpt / "checkpoint-3").mkdir()
+    (ckpt / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     assert _resume_point(ckpt, "run-a", lambda _m: None) == ckpt / "checkpoint-3"
     said: list[str] = []
     assert _resume_point(ckpt, "run-b", said.append) is None
     assert not (ckpt / "checkpoint-3").exists() and "discarding" in said[0]
+
+
+@pytest.mark.parametrize("torn", ["missing", "cut off"])
+def test_a_checkpoint_whose_save_was_killed_is_skipped_and_removed(tmp_path, torn):
+    from cv_pipeline.training.trainer import _resume_point
+
+    ckpt = tmp_path / "checkpoints"
+    assert _resume_point(ckpt, "run-a", lambda _m: None) is None  # records the run's fingerprint
+    for step in (2, 4, 10):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    state = ckpt / "checkpoint-10" / "trainer_state.json"
+    state.unlink() if torn == "missing" else state.write_text('{"global_st')
+    said: list[str] = []
+    assert _resume_point(ckpt, "run-a", said.append) == ckpt / "checkpoint-4"  # 4 > 2 numerically, not by name
+    assert not (ckpt / "checkpoint-10").exists() and "interrupted" in said[0]
 
 
 @pytest.mark.slow
@@ -509,6 +526,9 @@ def test_sigkill_after_a_checkpoint_then_rerun_resumes_to_the_same_adapter(base_
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert (tmp_path / "checkpoints" / "checkpoint-6").is_dir()
     assert not (tmp_path / "adapter").exists()
+    # What a kill in the middle of the next save would leave: checkpoint-9 with files but no trainer_state.json.
+    shutil.copytree(tmp_path / "checkpoints" / "checkpoint-6", tmp_path / "checkpoints" / "checkpoint-9")
+    (tmp_path / "checkpoints" / "checkpoint-9" / "trainer_state.json").unlink()
 
     resumed = train_adapter(base_dir, chats(8), None, tmp_path, TrainingHyperparams(**FAST), LoraHyperparams(),
                             detect_device("cpu"))

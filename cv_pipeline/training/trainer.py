@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from cv_pipeline.atomic import atomic_dir, write_json
@@ -351,17 +350,44 @@ def _fingerprint(base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: 
     return h.hexdigest()
 
 
+def _checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
+    """The `checkpoint-N` folders, newest first (see `_is_complete` for whether one may be resumed).
+
+    The Trainer writes a checkpoint's files straight into ``checkpoint-N`` and ``trainer_state.json``
+    last, so a run killed while saving leaves a folder without a readable one (resuming it fails).
+    """
+    found = []
+    for folder in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+        if folder.is_dir() and folder.name.removeprefix("checkpoint-").isdigit():
+            found.append(folder)
+    return sorted(found, key=lambda f: int(f.name.removeprefix("checkpoint-")), reverse=True)
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
-    """The last checkpoint of an identical earlier run; stale checkpoints of a different run are removed."""
+    """The last complete checkpoint of an identical earlier run.
+
+    Checkpoints of a different run are removed, and so are checkpoints a killed save left half
+    written (newer than the last complete one), which would otherwise fail every retry.
+    """
     stamp = ckpt_dir / FINGERPRINT_FILE
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
-    if last and recorded == fingerprint:
-        say(f"resuming from {last}")
-        return Path(last)
     if ckpt_dir.is_dir() and recorded != fingerprint:
         say(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other data or settings")
         shutil.rmtree(ckpt_dir)
+    for checkpoint in _checkpoints_newest_first(ckpt_dir):
+        if _is_complete(checkpoint):
+            say(f"resuming from {checkpoint}")
+            return checkpoint
+        say(f"discarding {checkpoint}: its save was interrupted (no readable trainer_state.json)")
+        shutil.rmtree(checkpoint)
     write_json(stamp, {"fingerprint": fingerprint})
     return None
 
