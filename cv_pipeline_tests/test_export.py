@@ -44,6 +44,12 @@ def fp32_export(smol_base: Path, smol_adapter: Path, tmp_path_factory: pytest.Te
 
 
 def render_go_template(template: str, system: str | None, messages: list[dict[str, str]]) -> str:
+    """Render as Ollama does for a chat: the Modelfile's SYSTEM becomes a leading system message unless
+    the chat starts with its own (server/routes.go), and `collate` (template/template.go) joins every
+    system message into `.System` while keeping them in `.Messages` too."""
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    scope_system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     parts = re.split(r"(\{\{-?\s*.*?\s*-?\}\})", template)
     # Apply trim markers: "{{-" trims whitespace before the action, "-}}" after it.
     for i, part in enumerate(parts):
@@ -51,6 +57,13 @@ def render_go_template(template: str, system: str | None, messages: list[dict[st
             parts[i - 1] = parts[i - 1].rstrip()
         if part.endswith("-}}") and i + 1 < len(parts):
             parts[i + 1] = parts[i + 1].lstrip()
+
+    def holds(condition: str, scope: dict[str, str | None]) -> bool:
+        compare = re.fullmatch(r'(eq|ne) \.(\w+) "(.*)"', condition)
+        if compare:
+            op, name, value = compare.groups()
+            return (scope[name] == value) == (op == "eq")
+        return bool(scope[condition.strip(". ")])
 
     def run(pos: int, scope: dict[str, str | None], out: list[str], emit: bool) -> int:
         while pos < len(parts):
@@ -65,7 +78,7 @@ def render_go_template(template: str, system: str | None, messages: list[dict[st
             if word == "end":
                 return pos + 1
             if word.startswith("if "):
-                pos = run(pos + 1, scope, out, emit and bool(scope[word[3:].strip(". ")]))
+                pos = run(pos + 1, scope, out, emit and holds(word[3:], scope))
             elif word == "range .Messages":
                 body_start, end = pos + 1, pos + 1
                 for m in messages if emit else [{"role": "", "content": ""}]:
@@ -78,7 +91,7 @@ def render_go_template(template: str, system: str | None, messages: list[dict[st
         return pos
 
     out: list[str] = []
-    run(0, {"System": system}, out, True)
+    run(0, {"System": scope_system}, out, True)
     return "".join(out)
 
 
@@ -130,9 +143,24 @@ def test_llama3_template_renders_like_the_real_llama31_chat_template(smol_base: 
         )
         # The Modelfile's SYSTEM is the default system text, a chat's own system message replaces it;
         # Ollama's tokenizer adds <|begin_of_text|> itself (the GGUF's add_bos_token).
-        ollama_system = system if explicit is None else hf.split("\n\n", 1)[1].split("<|eot_id|>", 1)[0]
-        ollama = render_go_template(export.LLAMA3_TEMPLATE, ollama_system, chat)
+        own = [] if explicit is None else [
+            {"role": "system", "content": hf.split("\n\n", 1)[1].split("<|eot_id|>", 1)[0]}]
+        ollama = render_go_template(export.LLAMA3_TEMPLATE, system, own + chat)
         assert hf == "<|begin_of_text|>" + ollama
+
+
+@pytest.mark.parametrize("name", ["CHATML_TEMPLATE", "LLAMA3_TEMPLATE"])
+@pytest.mark.parametrize("own_system", [False, True], ids=["modelfile-system", "chat-system"])
+def test_a_multi_turn_chat_gets_exactly_one_system_block(name: str, own_system: bool) -> None:
+    """Ollama passes system messages in .Messages as well as .System: the loop must not repeat them."""
+    chat = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    if own_system:
+        chat = [{"role": "system", "content": "Chat's own"}, *chat]
+    rendered = render_go_template(getattr(export, name), "Modelfile's", chat)
+    header = "<|im_start|>system" if name == "CHATML_TEMPLATE" else "<|start_header_id|>system"
+    assert rendered.count(header) == 1
+    assert ("Chat's own" in rendered) is own_system and ("Modelfile's" in rendered) is not own_system
+    assert [rendered.index(t) for t in ("Q1", "A1", "Q2")] == sorted(rendered.index(t) for t in ("Q1", "A1", "Q2"))
 
 
 def test_llama3_template_renders_the_llama3_chat_format() -> None:

@@ -29,22 +29,24 @@ from cv_pipeline.evaluation.evaluator import check_adapter_base, merged_model
 DEFAULT_SYSTEM = "You are a helpful assistant that answers statistics and machine-learning questions."
 
 # Ollama Go templates for the two chat formats we train on. ``{{-`` trims the newline before it,
-# so the rendered prompt is byte-for-byte what the Hugging Face chat template produces.
+# so the rendered prompt is byte-for-byte what the Hugging Face chat template produces. Ollama puts
+# the Modelfile's SYSTEM (or the chat's own system message) both in ``.System`` and, as a system
+# message, in ``.Messages``: the loop skips system messages so that the prompt has one system block.
 CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
 {{ end }}
-{{- range .Messages }}<|im_start|>{{ .Role }}
+{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
+{{ end }}{{- end }}<|im_start|>assistant
 """
 LLAMA3_TEMPLATE = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
 
 {{ .System }}<|eot_id|>
 {{- end }}
-{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+{{- range .Messages }}{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
 
 {{ .Content }}<|eot_id|>
-{{- end }}<|start_header_id|>assistant<|end_header_id|>
+{{- end }}{{- end }}<|start_header_id|>assistant<|end_header_id|>
 
 """
 CHAT_FORMATS: dict[str, dict[str, Any]] = {
