@@ -233,11 +233,12 @@ def test_split_rows_errors_name_the_problem() -> None:
 
 
 def _manual_loss(model, tok, row: dict) -> tuple[float, int]:
-    """Sum of -log p over assistant tokens, one unpadded example, from raw logits."""
+    """Sum of -log p over the assistant's tokens up to its <|im_end|>, one unpadded example, from raw logits."""
     import torch
 
     prompt = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(row["messages"], tokenize=False)
+    full = full[: full.rindex("<|im_end|>") + len("<|im_end|>")]  # the newline after it is not the answer's
     ids = tok(full, add_special_tokens=False)["input_ids"]
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     with torch.no_grad():
@@ -272,7 +273,10 @@ def test_loss_counts_only_assistant_tokens(base_model) -> None:
     row = ROWS[0]
     full = tok.apply_chat_template(row["messages"], tokenize=False)
     prompt = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
-    assistant_tokens = len(tok(full[len(prompt) :], add_special_tokens=False)["input_ids"])
+    answer_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert answer_ids[-2:] == [im_end, *tok("\n", add_special_tokens=False)["input_ids"]]
+    assistant_tokens = len(answer_ids) - 1  # what training learns: up to <|im_end|>, not the newline after it
     longer = chat_row(1, "A much longer question " * 20, row["messages"][1]["content"])
     short_out = teacher_forced_loss(model, tok, [row], max_len=512)
     long_out = teacher_forced_loss(model, tok, [longer], max_len=512)
@@ -291,7 +295,8 @@ def test_encode_chat_truncation_keeps_answer_tokens(base_model) -> None:
     assert 0 < n_prompt < 64
     answer_ids = tok(tok.apply_chat_template(row["messages"], tokenize=False).split("<|im_start|>assistant\n")[1],
                      add_special_tokens=False)["input_ids"]
-    assert ids[n_prompt:] == answer_ids  # the whole (short) answer survives; the question lost its start
+    end = answer_ids.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1  # scored up to the end of turn
+    assert ids[n_prompt:] == answer_ids[:end]  # the whole (short) answer survives; the question lost its start
 
 
 @pytest.mark.parametrize(

@@ -293,6 +293,9 @@ def _check_question(question: str) -> str:
 def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int) -> tuple[list[int], int]:
     """Token ids of a chat and how many of them (the prefix) are prompt, i.e. excluded from the loss.
 
+    The scored part is what training teaches (`trainer.tokenize_chat`): the answer up to and including
+    its EOS; text the template writes after the EOS (ChatML's newline) is left out.
+
     The prompt (everything up to and including the assistant header) and the answer are
     tokenised separately, so the boundary is exact whatever the tokenizer would merge across it.
     When too long, the answer keeps at least half the budget and the question loses its start:
@@ -309,11 +312,25 @@ def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int
         )
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    ends = _turn_end_ids(tok)
+    cut = next((i for i, t in enumerate(a_ids) if t in ends), None)
+    if cut is not None:  # scored as trained: up to the answer's end of turn, not the template's newline after it
+        a_ids = a_ids[: cut + 1]
     if len(p_ids) + len(a_ids) > max_length:
         a_keep = min(len(a_ids), max(max_length - len(p_ids), max_length // 2))
         a_ids = a_ids[:a_keep]
         p_ids = p_ids[len(p_ids) - (max_length - a_keep) :] if len(p_ids) > max_length - a_keep else p_ids
     return p_ids + a_ids, len(p_ids)
+
+
+def _turn_end_ids(tok: Any) -> set[int]:
+    """Tokens that close an assistant turn: EOS (unless it is the turn *start*, as in some GGUF
+    conversions) and the chat formats' end-of-turn markers."""
+    vocab = tok.get_vocab()
+    ends = {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
+    if tok.eos_token_id is not None and tok.eos_token_id != tok.bos_token_id:
+        ends.add(tok.eos_token_id)
+    return ends
 
 
 def stop_token_ids(model: Any, tok: Any) -> list[int]:
