@@ -143,6 +143,8 @@ def test_markup_detector(text, has_markup):
         ("left <p>over", "<p>left</p><p>over</p>", True),  # a real tag the cleaner missed
         ("Use <br> and <p>", "<p>Use <code>&lt;br&gt;</code> and</p><p></p>", True),  # one excused, one not
         ("Use <br> here", None, True),  # no raw HTML found for the pair: not excused
+        ("Write <!-- to open a comment", "<p>Write <code>&lt;!--</code> to open a comment</p>", False),
+        ("What does <b> mean in a formula?", "What does &lt;b&gt; mean in a formula?<p>body</p>", False),  # the title
     ],
 )
 def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw, flagged):
@@ -219,7 +221,7 @@ def test_concurrent_writers_of_one_folder_take_turns(tmp_path):
 
 
 def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_their_checks(tmp_path):
-    """Dagster run: one partition with pairs (one quotes `&lt;br&gt;` in inline code), one empty partition."""
+    """Dagster run: one partition with pairs quoting `&lt;br&gt;` (in inline code, in a title), one empty partition."""
     import dagster as dg
 
     from cv_pipeline.atomic import write_json
@@ -229,9 +231,10 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     from cv_pipeline.profiles import get_profile
     from cv_pipeline.sources.models import BatchStats, RawAnswer, RawBatch, RawQuestion
 
-    def question(qid: int, body: str) -> RawQuestion:
+    def question(qid: int, body: str, title: str | None = None) -> RawQuestion:
         return RawQuestion(
-            question_id=qid, rank=qid, title=f"How do I show line breaks, case {qid}?", body_html=body, score=50 - qid,
+            question_id=qid, rank=qid, title=title or f"How do I show line breaks, case {qid}?", body_html=body,
+            score=50 - qid,
             link=f"https://stats.stackexchange.com/questions/{qid}", creation_date=1_500_000_000,
             top_answer=RawAnswer(answer_id=qid + 100, score=3, creation_date=1_500_000_000,
                                  body_html="<p>Put each value on its own line and check the plot again.</p>"),
@@ -239,7 +242,8 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
 
     batches = {
         "00000-04999": [question(q, f"<p>In my R Markdown table I typed <code>&lt;br&gt;</code> in row {q}.</p>")
-                        for q in range(1, 40)],
+                        for q in range(1, 40)]
+        + [question(40, "<p>My table shows the literal tag instead of a break.</p>", title="Why is <br> shown as text?")],
         "05000-09999": [],
     }
     for key, questions in batches.items():

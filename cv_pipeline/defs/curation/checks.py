@@ -87,6 +87,14 @@ def _raw_questions(data_dir: DataDirResource) -> Iterator:
         yield from load_batch(raw).questions
 
 
+def _pair_bodies(q) -> list[str]:
+    """The raw HTML of a question and of the answer the cleaner paired with it (cleaner.clean_batch's choice)."""
+    from cv_pipeline.sources.models import pick_top_answer
+
+    answer = q.top_answer or pick_top_answer(q.answers)
+    return [q.body_html] + ([answer.body_html] if answer else [])
+
+
 def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
     """Kept pairs whose raw question or top answer has a <pre> code block."""
     from cv_pipeline.curation.cleaner import has_code_block
@@ -95,16 +103,17 @@ def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
     return [
         q.question_id
         for q in _raw_questions(data_dir)
-        if q.question_id in kept
-        and (has_code_block(q.body_html) or (q.top_answer and has_code_block(q.top_answer.body_html)))
+        if q.question_id in kept and any(has_code_block(body) for body in _pair_bodies(q))
     ]
 
 
 def _raw_pair_html(data_dir: DataDirResource, question_ids: list[int]) -> dict[int, str]:
-    """The raw HTML (question + top answer) of a few pairs, to tell a tag left over from one a post writes as text."""
+    """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as text."""
+    import html
+
     wanted = set(question_ids)
     return {
-        q.question_id: q.body_html + (q.top_answer.body_html if q.top_answer else "")
+        q.question_id: html.escape(q.title) + "".join(_pair_bodies(q))  # titles arrive decoded
         for q in _raw_questions(data_dir)
         if q.question_id in wanted
     }
