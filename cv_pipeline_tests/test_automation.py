@@ -75,3 +75,67 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     dataset(10)
     now, cursor = requested(cursor)
     assert now == set(ADAPTERS)  # the top subset changed: retrain
+
+
+def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str):
+    """A run of ``job`` in progress (STARTED), as the daemon would have launched it."""
+    from dagster._core.events import DagsterEvent, DagsterEventType
+
+    job_def = defs.resolve_job_def(job)
+    run = instance.create_run_for_job(job_def, asset_selection=frozenset(job_def.asset_layer.selected_asset_keys))
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job),
+                                  run_id=run.run_id)
+    return run
+
+
+def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
+    """A re-scrape cleans partitions one by one: the last can land while chat_dataset is still running on
+    the first. So can a new dataset version while an adapter trains. Neither may be forgotten."""
+    from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, RETRAIN_ON_NEW_DATA
+
+    parts = dg.StaticPartitionsDefinition(["00000-04999", "05000-09999"])
+    version = {"chat": "A"}
+
+    @dg.asset(partitions_def=parts)
+    def cleaned_qa_pairs() -> None: ...
+
+    @dg.asset(deps=[cleaned_qa_pairs], automation_condition=FOLLOW_ANY_PARTITION)
+    def chat_dataset() -> dg.Output:
+        return dg.Output(None, data_version=dg.DataVersion(version["chat"]))
+
+    @dg.asset(deps=[chat_dataset], automation_condition=RETRAIN_ON_NEW_DATA)
+    def lora_adapter() -> None: ...
+
+    defs = dg.Definitions(assets=[cleaned_qa_pairs, chat_dataset, lora_adapter],
+                          jobs=[dg.define_asset_job("chat", [chat_dataset]), dg.define_asset_job("train", [lora_adapter])])
+    instance = dg.DagsterInstance.ephemeral()
+    for key in parts.get_partition_keys():
+        dg.materialize([cleaned_qa_pairs], instance=instance, partition_key=key)
+    dg.materialize([cleaned_qa_pairs, chat_dataset, lora_adapter], instance=instance,
+                   selection=[chat_dataset, lora_adapter])
+    cursor = None
+
+    def tick() -> dict[str, int]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        return {a.key.path[-1]: result.get_num_requested(a.key) for a in (chat_dataset, lora_adapter)}
+
+    assert tick() == {"chat_dataset": 0, "lora_adapter": 0}  # all fresh
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="00000-04999")
+    assert tick()["chat_dataset"] == 1  # the first re-cleaned partition
+    assert tick()["chat_dataset"] == 0  # requested: not again
+    chat_run = _start_run(instance, defs, "chat")
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="05000-09999")  # lands mid-run
+    assert tick()["chat_dataset"] == 0  # waits for the run in progress...
+    instance.report_run_failed(chat_run)
+    assert tick()["chat_dataset"] == 1  # ...then builds again with the second partition
+    assert tick()["chat_dataset"] == 0
+
+    train_run = _start_run(instance, defs, "train")  # an adapter is training
+    version["chat"] = "B"
+    dg.materialize([cleaned_qa_pairs, chat_dataset], instance=instance, selection=[chat_dataset])
+    assert tick()["lora_adapter"] == 0  # a new data version, but the adapter is in progress
+    instance.report_run_failed(train_run)
+    assert tick()["lora_adapter"] == 1  # retrained on the new version once the run is over
+    assert tick()["lora_adapter"] == 0
