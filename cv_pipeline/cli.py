@@ -55,18 +55,33 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
 
 
 def materialize(select: str, partition: str | None, profile: str | None) -> None:
-    """Materialise a Dagster asset selection (e.g. `chat_dataset`, `chat_dataset+`, `*adapter_evaluation`) with its checks."""
+    """Materialise a Dagster asset selection (e.g. `chat_dataset`, `chat_dataset+`, `*adapter_evaluation`) with its checks.
+
+    Partitioned assets run for ``partition``, or, without one, for each of the profile's partitions.
+    """
     import dagster as dg
 
     dagster_home()
-    _, defs = _definitions(profile)
-    dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=select,
-        partition_key=partition,
-        instance=dg.DagsterInstance.get(),
-        resources=defs.resources,
-    )
+    p, defs = _definitions(profile)
+    everything = [*defs.assets, *defs.asset_checks]
+    instance = dg.DagsterInstance.get()
+    if partition is None:
+        graph = defs.resolve_asset_graph()
+        keys = dg.AssetSelection.from_string(select).resolve(graph)
+        partitioned = {k for k in keys if graph.get(k).is_partitioned}
+        if partitioned:
+            # No --partition: one run per partition of the profile for the partitioned assets, then the
+            # rest of the selection once (it reads every partition).
+            from tqdm import tqdm
+
+            for key in tqdm(p.demo_partitions, desc="partitions", unit="partition"):
+                dg.materialize(everything, selection=dg.AssetSelection.assets(*partitioned), partition_key=key,
+                               instance=instance, resources=defs.resources)
+            if keys - partitioned:
+                dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
+                               instance=instance, resources=defs.resources)
+            return
+    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources)
 
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:
@@ -114,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "ask":
         ask(args.question, args.adapter, args.device, args.max_new_tokens)
     elif args.cmd == "ui":
+        from cv_pipeline.profiles import default_data_dir
+
         dagster_home()
         if args.profile:
             os.environ["CV_PIPELINE_PROFILE"] = args.profile
+        # dagster dev runs in the repository: pin the data folder this command would use, resolved here.
+        os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir().resolve())
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1"], cwd=REPO_ROOT)
     return 0
 
