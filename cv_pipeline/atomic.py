@@ -92,6 +92,12 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _restore_aside(old: Path, target: Path) -> None:
+    """Put the folder a swap moved aside back, if the new one never arrived."""
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; swap it in for ``target`` on success.
@@ -107,23 +113,19 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.parent / f".{target.name}.old.dirtmp"
     with _exclusive(target.parent / f".{target.name}.lock"):
-        if old.is_dir() and not target.exists():  # a writer died mid-swap: put the old folder back
-            os.replace(old, target)
+        _restore_aside(old, target)  # a writer died mid-swap
         for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
         try:
             yield tmp
             os.chmod(tmp, 0o777 & ~_umask())
-            moved_aside = False
             if target.exists():
                 os.replace(target, old)
-                moved_aside = True
             try:
                 os.replace(tmp, target)
             except BaseException:
-                if moved_aside and not target.exists():
-                    os.replace(old, target)
+                _restore_aside(old, target)
                 raise
             _fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)

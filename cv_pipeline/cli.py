@@ -85,9 +85,9 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
 
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:
+    from cv_pipeline.defs.resources import DataDirResource
     from cv_pipeline.evaluation.inference import stream_answer
     from cv_pipeline.profiles import default_data_dir
-    from cv_pipeline.training.base_model import base_model_dir
 
     data = default_data_dir()
     adapter_dir = None
@@ -95,7 +95,7 @@ def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) ->
         adapter_dir = data / "adapters" / adapter / "adapter"
         if not adapter_dir.exists():
             raise SystemExit(f"no adapter {adapter!r} at {adapter_dir}: run the pipeline (`make demo`) first")
-    for piece in stream_answer(question, base_model_dir(data / "models" / "base"), adapter_dir, device=device, max_new_tokens=max_new_tokens):
+    for piece in stream_answer(question, DataDirResource(path=str(data)).base_model_dir(), adapter_dir, device=device, max_new_tokens=max_new_tokens):
         print(piece, end="", flush=True)
     print()
 
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         dagster_home()
         if args.profile:
             os.environ["CV_PIPELINE_PROFILE"] = args.profile
-        # dagster dev runs in the repository: pin the data folder this command would use, resolved here.
-        os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir().resolve())
+        # dagster dev runs in the repository: pin the data folder this command would use (resolved here).
+        os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir())
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1"], cwd=REPO_ROOT)
     return 0
 

@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
@@ -290,7 +290,9 @@ def _check_question(question: str) -> str:
     return question
 
 
-def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int) -> tuple[list[int], int]:
+def encode_chat(
+    tok: Any, messages: Sequence[Mapping[str, str]], max_length: int, turn_ends: Collection[int] | None = None
+) -> tuple[list[int], int]:
     """Token ids of a chat and how many of them (the prefix) are prompt, i.e. excluded from the loss.
 
     The scored part is what training teaches (`trainer.tokenize_chat`): the answer up to and including
@@ -299,7 +301,8 @@ def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int
     The prompt (everything up to and including the assistant header) and the answer are
     tokenised separately, so the boundary is exact whatever the tokenizer would merge across it.
     When too long, the answer keeps at least half the budget and the question loses its start:
-    every held-out row then contributes answer tokens.
+    every held-out row then contributes answer tokens. ``turn_ends``: ``_turn_end_ids(tok)``, passed in
+    by callers that encode many chats (reading the vocabulary costs tens of ms).
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("a scored chat must end with an assistant message")
@@ -312,7 +315,7 @@ def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int
         )
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    ends = _turn_end_ids(tok)
+    ends = set(_turn_end_ids(tok) if turn_ends is None else turn_ends)
     cut = next((i for i, t in enumerate(a_ids) if t in ends), None)
     if cut is not None:  # scored as trained: up to the answer's end of turn, not the template's newline after it
         a_ids = a_ids[: cut + 1]
@@ -323,14 +326,14 @@ def encode_chat(tok: Any, messages: Sequence[Mapping[str, str]], max_length: int
     return p_ids + a_ids, len(p_ids)
 
 
-def _turn_end_ids(tok: Any) -> set[int]:
-    """Tokens that close an assistant turn: EOS (unless it is the turn *start*, as in some GGUF
-    conversions) and the chat formats' end-of-turn markers."""
+def _turn_end_ids(tok: Any, markers: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> list[int]:
+    """The tokenizer's ids of ``markers`` (those it has), then EOS unless it is the turn *start*, as in
+    some GGUF conversions: never stop on (or score up to) the start marker alone."""
     vocab = tok.get_vocab()
-    ends = {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
+    ids = [vocab[t] for t in markers if t in vocab]
     if tok.eos_token_id is not None and tok.eos_token_id != tok.bos_token_id:
-        ends.add(tok.eos_token_id)
-    return ends
+        ids.append(tok.eos_token_id)
+    return ids
 
 
 def stop_token_ids(model: Any, tok: Any) -> list[int]:
@@ -338,11 +341,7 @@ def stop_token_ids(model: Any, tok: Any) -> list[int]:
     ids: list[int] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += eos if isinstance(eos, list) else ([eos] if isinstance(eos, int) else [])
-    vocab = tok.get_vocab()
-    ids += [vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab]
-    # Some GGUF conversions set eos == bos (a turn *start*); never stop on the start marker alone.
-    if tok.eos_token_id is not None and tok.eos_token_id != tok.bos_token_id:
-        ids.append(tok.eos_token_id)
+    ids += _turn_end_ids(tok, _END_OF_TURN_TOKENS)
     out = list(dict.fromkeys(i for i in ids if i is not None))
     if not out:
         raise ValueError("the tokenizer has no end-of-turn token; set eos_token_id in the base's generation_config")
@@ -361,9 +360,10 @@ def teacher_forced_loss(
     if not rows:
         raise ValueError("teacher_forced_loss: no rows to score; pass at least one chat row")
     encoded = []
+    turn_ends = set(_turn_end_ids(tok))
     for row in rows:
         _question_and_answer(row)  # validates the row with a message naming it
-        ids, n_prompt = encode_chat(tok, row["messages"], max_len)
+        ids, n_prompt = encode_chat(tok, row["messages"], max_len, turn_ends)
         encoded.append((row.get("question_id"), ids, n_prompt))
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

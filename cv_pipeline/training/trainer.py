@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from cv_pipeline.atomic import atomic_dir, write_json
@@ -350,20 +351,9 @@ def _fingerprint(base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: 
     return h.hexdigest()
 
 
-def _checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
-    """The `checkpoint-N` folders, newest first (see `_is_complete` for whether one may be resumed).
-
-    The Trainer writes a checkpoint's files straight into ``checkpoint-N`` and ``trainer_state.json``
-    last, so a run killed while saving leaves a folder without a readable one (resuming it fails).
-    """
-    found = []
-    for folder in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
-        if folder.is_dir() and folder.name.removeprefix("checkpoint-").isdigit():
-            found.append(folder)
-    return sorted(found, key=lambda f: int(f.name.removeprefix("checkpoint-")), reverse=True)
-
-
 def _is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes a checkpoint's files straight into ``checkpoint-N`` and ``trainer_state.json``
+    last, so a run killed while saving leaves a folder without a readable one (resuming it fails)."""
     try:
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -382,12 +372,12 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) 
     if ckpt_dir.is_dir() and recorded != fingerprint:
         say(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other data or settings")
         shutil.rmtree(ckpt_dir)
-    for checkpoint in _checkpoints_newest_first(ckpt_dir):
-        if _is_complete(checkpoint):
-            say(f"resuming from {checkpoint}")
-            return checkpoint
-        say(f"discarding {checkpoint}: its save was interrupted (no readable trainer_state.json)")
-        shutil.rmtree(checkpoint)
+    while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
+        if _is_complete(Path(last)):
+            say(f"resuming from {last}")
+            return Path(last)
+        say(f"discarding {last}: its save was interrupted (no readable trainer_state.json)")
+        shutil.rmtree(last)
     write_json(stamp, {"fingerprint": fingerprint})
     return None
 
