@@ -93,10 +93,16 @@ def read_cleaned(paths: Iterable[Path]) -> list[dict]:
 class ChatDataset:
     splits: dict[str, list[dict]]
     top: list[dict]
-    duplicates_dropped: int
     data_version: str
-    duplicate_texts_dropped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def duplicates_dropped(self) -> int:
+        return self.counts.get("duplicates_dropped", 0)
+
+    @property
+    def duplicate_texts_dropped(self) -> int:
+        return self.counts.get("duplicate_texts_dropped", 0)
 
 
 def answer_link(question_link: str, answer_id: int) -> str:
@@ -145,8 +151,7 @@ def build_chat_dataset(
     counts = {s: len(v) for s, v in splits.items()} | {
         "top_10k": len(top), "duplicates_dropped": duplicates, "duplicate_texts_dropped": text_duplicates,
     }
-    return ChatDataset(splits=splits, top=top, duplicates_dropped=duplicates, data_version=version, counts=counts,
-                       duplicate_texts_dropped=text_duplicates)
+    return ChatDataset(splits=splits, top=top, data_version=version, counts=counts)
 
 
 def content_hash(splits: dict[str, list[dict]], top: list[dict]) -> str:
@@ -178,17 +183,13 @@ def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -
     return out_dir
 
 
+# A chat row: the cleaned pair's ids, scores, tags and attribution (typed as in CLEANED_SCHEMA), the
+# answer's own link, and the messages.
 _FEATURES_SCHEMA = pa.schema(
     [
-        ("question_id", pa.int64()),
-        ("answer_id", pa.int64()),
-        ("question_score", pa.int64()),
-        ("answer_score", pa.int64()),
-        ("tags", pa.list_(pa.string())),
-        ("link", pa.string()),
+        *map(CLEANED_SCHEMA.field, ("question_id", "answer_id", "question_score", "answer_score", "tags", "link")),
         ("answer_link", pa.string()),
-        ("license", pa.string()),
-        ("answer_license", pa.string()),
+        *map(CLEANED_SCHEMA.field, ("license", "answer_license")),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ]
 )

@@ -70,10 +70,9 @@ def rows_with_empty_text(rows: Iterable[dict], fields: tuple[str, ...] = ("quest
     return [r["question_id"] for r in rows if any(not (r.get(f) or "").strip() for f in fields)]
 
 
-def rows_without_license(rows: Iterable[dict]) -> list[int]:
-    """Rows missing the question's or the answer's licence."""
-    return [r["question_id"] for r in rows
-            if not (r.get("license") or "").strip() or not (r.get("answer_license") or "").strip()]
+def rows_without_attribution(rows: Iterable[dict], fields: tuple[str, ...] = ("license", "answer_license")) -> list[int]:
+    """Rows where any of the attribution ``fields`` (by default the question's and the answer's licence) is blank."""
+    return [r["question_id"] for r in rows if not all((r.get(f) or "").strip() for f in fields)]
 
 
 def bad_roles(rows: Iterable[dict]) -> list[int]:

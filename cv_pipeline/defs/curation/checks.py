@@ -72,7 +72,7 @@ def cleaned_qa_pairs_checks(
             "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows)),
             "cleaned_rows_complete": (
                 "non-empty, licensed",
-                lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_license(rows))),
+                lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(rows))),
             ),
         },
     )
@@ -158,8 +158,7 @@ def chat_dataset_checks(
             "chat_splits_disjoint": ("splits disjoint", lambda: validate.ids_in_two_splits(splits)),
             "chat_rows_licensed": (
                 "licence and link of question and answer present",
-                lambda: [r["question_id"] for r in rows
-                         if not all(r.get(k) for k in ("license", "link", "answer_license", "answer_link"))],
+                lambda: validate.rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")),
             ),
             "chat_has_no_markup": (
                 "no markup",
