@@ -26,6 +26,13 @@ For scale, the run also times parsing and plain text extraction alone, no rules:
 the cleaner's reused container + `text()`, against `BeautifulSoup(...).get_text()` (what the
 issue's quick probe compared). The cleaners are run chunk by chunk, interleaved (see
 `timed_interleaved`), because this host's speed drifts within a run. bs4 is used only here.
+
+Where our time goes ("breakdown" in the JSON), measured in the same interleaved run: our cleaner
+stopped after its tree pass (parse + walk, `tree_pass_text`) and after rule 4 as well
+(`without_layout`), each with the ratio bs4's whole cleaner would have against it; then ours and
+bs4 again on each kind of body separately ("paragraphs": the runs pass found only paragraph-like
+blocks; "structured": lists, tables, line breaks, <pre>, or the general pass), with each kind's
+share of the bodies and of our time.
 """
 
 from __future__ import annotations
@@ -127,6 +134,59 @@ def bs4_html_to_text(
 
 
 # ---------------------------------------------------------------------------------------------
+# Our cleaner cut short, to see where its time goes (the same steps html_to_text takes)
+
+
+def tree_pass_text(html: str) -> str:
+    """Parse + the tree pass: the runs pass's text, or the general pass's marked text."""
+    if "\x00" in html:
+        html = html.replace("\x00", "")
+    find_notices = "notice" in html
+    runs = None if find_notices else cleaner._runs_text(cleaner._parse_into_container(html))
+    if runs is not None:
+        return runs[0]
+    return cleaner._mark(cleaner._parse_into_container(html), cleaner._Converted(""), find_notices)
+
+
+def without_layout(html: str) -> str:
+    """Parse + the tree pass + rule 4: everything but laying the text out."""
+    return cleaner.normalize_chars(tree_pass_text(html))[0]
+
+
+def body_kind(html: str) -> str:
+    """'paragraphs' when the runs pass finds paragraph-like blocks only, else 'structured'."""
+    if "\x00" in html or "notice" in html:
+        return "structured"
+    runs = cleaner._runs_text(cleaner._parse_into_container(html))
+    return "paragraphs" if runs is not None and not runs[3] else "structured"
+
+
+def by_kind(bodies: list[str], parser: str) -> dict:
+    """Ours and bs4 on each kind of body on its own: how the bodies and our time split."""
+    kinds: dict[str, list[str]] = {"paragraphs": [], "structured": []}
+    for body in bodies:
+        kinds[body_kind(body)].append(body)
+    timed = {
+        kind: timed_interleaved({"ours": cleaner.html_to_text, "bs4": lambda b: bs4_html_to_text(b, parser=parser)}, part)
+        for kind, part in kinds.items()
+        if part
+    }
+    ours_total = sum(runs["ours"][2] for runs in timed.values())
+    out = {}
+    for kind, runs in timed.items():
+        n, ours_cpu, bs_cpu = len(kinds[kind]), runs["ours"][2], runs["bs4"][2]
+        out[kind] = {
+            "bodies": n,
+            "share_of_bodies": round(n / len(bodies), 3),
+            "share_of_our_time": round(ours_cpu / ours_total, 3),
+            "ours_us_per_body": round(ours_cpu / n * 1e6, 1),
+            "bs4_us_per_body": round(bs_cpu / n * 1e6, 1),
+            "speedup_cpu": round(bs_cpu / ours_cpu, 2),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def load_bodies(pairs: int) -> tuple[list[str], int]:
@@ -181,18 +241,24 @@ def timed_interleaved(
 REALDATA = Path(os.environ.get("CV_PIPELINE_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
 
 
+def load_real_bodies(realdata: Path) -> list[str]:
+    """Every post body in the real samples: bodies/ and cv/ files, then the dump rows' Body fields."""
+    import xml.etree.ElementTree as ET
+
+    bodies = [p.read_text(encoding="utf-8") for p in sorted((realdata / "bodies").glob("*.html"))]
+    bodies += [p.read_text(encoding="utf-8") for p in sorted((realdata / "cv").glob("*.html"))]
+    for dump in sorted(realdata.glob("posts_sample_*.xml")):
+        bodies += [row.get("Body") for row in ET.parse(dump).getroot().iter("row") if row.get("Body")]
+    return bodies
+
+
 def real_bodies_run(parser: str, rounds: int = 20) -> dict | None:
     """The same comparison on the real Stack Exchange bodies in ../shared/realdata (longer, with
     code, line breaks and loose lists), each cleaned `rounds` times; None when they are absent."""
-    import xml.etree.ElementTree as ET
-
     if not REALDATA.is_dir():
         print(f"real bodies: skipped, {REALDATA} not found", flush=True)
         return None
-    bodies = [p.read_text(encoding="utf-8") for p in sorted((REALDATA / "bodies").glob("*.html"))]
-    bodies += [p.read_text(encoding="utf-8") for p in sorted((REALDATA / "cv").glob("*.html"))]
-    for dump in sorted(REALDATA.glob("posts_sample_*.xml")):
-        bodies += [row.get("Body") for row in ET.parse(dump).getroot().iter("row") if row.get("Body")]
+    bodies = load_real_bodies(REALDATA)
     runs = timed_interleaved(
         {"ours": cleaner.html_to_text, "bs4": lambda b: bs4_html_to_text(b, parser=parser)}, bodies * rounds, len(bodies)
     )
@@ -220,6 +286,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=40_000)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cleaner.json")
+    ap.add_argument("--real-rounds", type=int, default=20, help="times each real body is cleaned (0: skip them)")
     args = ap.parse_args()
 
     pinned = None
@@ -245,6 +312,9 @@ def main() -> None:
             # For scale: parsing and plain text extraction alone, no rules (as in the issue's probe).
             "lexbor_parse_text": lambda b: cleaner._parse_into_container(b).text(),
             "bs4_parse_text": lambda b: BeautifulSoup(b, parser).get_text(),
+            # Ours cut short (see tree_pass_text): where its time goes.
+            "ours_tree_pass": tree_pass_text,
+            "ours_without_layout": without_layout,
         },
         bodies,
     )
@@ -319,7 +389,31 @@ def main() -> None:
     }
     print(f"speedup: {result['speedup_cpu']}x CPU, {result['speedup_wall']}x wall; "
           f"same output on {result['same_output_fraction']:.2%} of bodies", flush=True)
-    result["real_bodies"] = real_bodies_run(parser)
+    tree_cpu, no_layout_cpu = runs["ours_tree_pass"][2], runs["ours_without_layout"][2]
+    us = 1e6 / len(bodies)
+    result["breakdown"] = {
+        "what": "our cleaner cut short in the same interleaved run: parse + tree pass; + rule 4; whole (+ layout)",
+        "us_per_body": {
+            "parse_and_tree_pass": round(tree_cpu * us, 2),
+            "rule_4": round((no_layout_cpu - tree_cpu) * us, 2),
+            "layout": round((ours_cpu - no_layout_cpu) * us, 2),
+            "bs4_cleaner": round(bs_cpu * us, 2),
+        },
+        "speedup_cpu_if_stopped_after": {
+            "tree_pass": round(bs_cpu / tree_cpu, 2),
+            "rule_4": round(bs_cpu / no_layout_cpu, 2),
+        },
+        # What the layout could cost, with the rest as it is, for the goal's ratio.
+        "layout_us_per_body_at_goal": round((bs_cpu / GOAL_RATIO - no_layout_cpu) * us, 2),
+        "by_kind": by_kind(bodies[: min(len(bodies), 20_000)], parser),
+    }
+    print(f"breakdown (us/body): {result['breakdown']['us_per_body']}; bs4 against ours stopped after the tree "
+          f"pass {result['breakdown']['speedup_cpu_if_stopped_after']['tree_pass']}x, after rule 4 "
+          f"{result['breakdown']['speedup_cpu_if_stopped_after']['rule_4']}x", flush=True)
+    for kind, row in result["breakdown"]["by_kind"].items():
+        print(f"  {kind}: {row['share_of_bodies']:.0%} of bodies, {row['share_of_our_time']:.0%} of our time, "
+              f"ours {row['ours_us_per_body']} us, bs4 {row['bs4_us_per_body']} us ({row['speedup_cpu']}x)", flush=True)
+    result["real_bodies"] = real_bodies_run(parser, args.real_rounds) if args.real_rounds > 0 else None
     write_json(args.out, result)
     print(f"wrote {args.out}")
     if differ:
