@@ -927,6 +927,16 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     conv.text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+def _tree_pass(html: str, runs_pass: bool = True) -> tuple[str, LexborNode, bool, tuple[str, int, bool, bool] | None]:
+    """Parse a body (NUL removed) and try the runs pass: the HTML parsed, its tree, whether to look for
+    notices, and _runs_text's result (None: the tree is untouched, for the general pass)."""
+    if "\x00" in html:
+        html = html.replace("\x00", "")
+    root = _parse_into_container(html)
+    find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
+    return html, root, find_notices, _runs_text(root) if runs_pass and not find_notices else None
+
+
 def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
     conv = _Converted("")
     if not html:
@@ -936,11 +946,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
     if _too_deep(html):
         _fallback(html, conv, config)
         return conv
-    if "\x00" in html:
-        html = html.replace("\x00", "")
-    root = _parse_into_container(html)
-    find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
-    runs = _runs_text(root) if runs_pass and not find_notices else None
+    html, root, find_notices, runs = _tree_pass(html, runs_pass)
     if runs is not None:
         text, images, has_pre, markers = runs
         text, changed = normalize_chars(text, config.normalization)
