@@ -626,6 +626,7 @@ def test_the_client_goes_through_the_proxy_the_environment_names(
         ({"HTTPS_PROXY": "http://p:3128", "HTTP_PROXY": "http://p:3128"}, "http://127.0.0.1:8123/2.3", None),
         ({"HTTP_PROXY": "http://p:3128"}, "http://localhost:8123/2.3", None),
         ({}, "https://api.stackexchange.com/2.3", None),
+        ({"HTTPS_PROXY": "proxy.corp:3128"}, "https://api.stackexchange.com/2.3", "http://proxy.corp:3128"),  # no scheme
     ],
 )
 def test_proxy_for(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None) -> None:
@@ -636,6 +637,18 @@ def test_proxy_for(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: st
         monkeypatch.setenv(name, value)
     assert proxy_for(url) == expected
 
+
+
+def test_a_proxy_httpx_cannot_use_is_a_source_error_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://user:hunter2@proxy.corp:3128")
+    with pytest.raises(SourceError, match="HTTPS_PROXY.*http://host:port") as err:
+        StackExchangeAPISource(base_url="https://api.stackexchange.com/2.3")
+    assert "hunter2" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")  # no scheme: taken as http://, as httpx and curl do
+    StackExchangeAPISource(base_url="https://api.stackexchange.com/2.3").close()
 
 @pytest.mark.parametrize(
     ("faults", "requests"),

@@ -306,10 +306,15 @@ def _zip(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _gz(src: Path, dst: Path) -> Path:
+    dst.write_bytes(gzip.compress(src.read_bytes(), mtime=0))
+    return dst
+
+
 @pytest.mark.parametrize(
     ("name", "pack"),
     [
-        ("Posts.xml.gz", lambda s, d: d.write_bytes(gzip.compress(s.read_bytes())) and d),
+        ("Posts.xml.gz", _gz),
         ("Posts.xml.bz2", lambda s, d: d.write_bytes(bz2.compress(s.read_bytes())) and d),
         ("Posts.xml.xz", lambda s, d: d.write_bytes(lzma.compress(s.read_bytes())) and d),
         ("stats.zip", _zip),
@@ -456,6 +461,26 @@ def test_a_damaged_archive_is_a_clear_source_error(tmp_path: Path, name: str, pa
     assert str(packed) in str(err.value)
     assert not (extract_dir / "Posts.xml").exists()  # no half-extracted file left to be read next time
 
+
+
+@pytest.mark.parametrize(("name", "pack"), [("Posts.xml.gz", _gz), ("stats.zip", _zip)])
+def test_any_flipped_byte_in_deflate_data_is_a_clear_source_error(tmp_path: Path, name: str, pack) -> None:
+    """Damaged deflate data can also fail as zlib.error (e.g. "invalid distance too far back"), not only as a
+    CRC or end-of-stream error: every flipped byte must still read as a SourceError (or as the data it was)."""
+    rows = [q_row(i, i, Body="&lt;p&gt;" + "".join(chr(97 + (i * j * j) % 17) for j in range(300)) + "&lt;/p&gt;") for i in range(1, 120)]
+    whole = pack(write_posts(tmp_path / "Posts.xml", rows), tmp_path / name).read_bytes()
+    damaged = tmp_path / ("damaged_" + name)
+    failures = 0
+    for offset in range(64, min(len(whole) - 64, 1_500), 7):
+        flipped = bytearray(whole)
+        flipped[offset] ^= 0xFF
+        damaged.write_bytes(bytes(flipped))
+        try:
+            all_questions(DumpSource(damaged))
+        except SourceError as exc:
+            assert str(damaged) in str(exc)
+            failures += 1
+    assert failures > 0
 
 # -- hostile XML ----------------------------------------------------------------------------------
 @pytest.fixture

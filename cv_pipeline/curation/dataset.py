@@ -173,7 +173,9 @@ def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -
     with atomic_dir(out_dir) as tmp:
         parts = {**ds.splits, "top_10k": ds.top}
         dd = datasets.DatasetDict({name: _to_hf(rows) for name, rows in parts.items()})
-        dd.save_to_disk(str(tmp / "hf"))
+        # An empty split (a zero fraction, a tiny corpus) would be saved as no shard at all, which
+        # load_from_disk cannot read back (it then fails for every split): give it one empty shard.
+        dd.save_to_disk(str(tmp / "hf"), num_shards={name: 1 for name, rows in parts.items() if not rows})
         for name, rows in parts.items():
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
                 for row in rows:
@@ -198,7 +200,7 @@ _FEATURES_SCHEMA = pa.schema(
 def _to_hf(rows: list[dict]):
     import datasets
 
-    # An explicit schema keeps empty splits (possible in tiny demos) loadable with the same features.
+    # An explicit schema gives empty splits (possible in tiny demos) the same features.
     return datasets.Dataset(pa.Table.from_pylist(rows, schema=_FEATURES_SCHEMA))
 
 

@@ -118,7 +118,10 @@ def proxy_for(url: str) -> str | None:
     if loopback or urllib.request.proxy_bypass_environment(host):
         return None
     proxies = urllib.request.getproxies_environment()
-    return proxies.get(parts.scheme) or proxies.get("all")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and "://" not in proxy:  # "proxy.corp:3128", as curl and httpx take it
+        proxy = "http://" + proxy
+    return proxy or None
 
 
 class _CredentialTransport(httpx.BaseTransport):
@@ -265,9 +268,17 @@ class StackExchangeAPISource(QuestionSource):
         self.requests = 0
         credentials = {k: v for k, v in (("key", key), ("access_token", access_token)) if v}
         _install_httpx_log_filter()
+        if transport is None:
+            try:
+                transport = httpx.HTTPTransport(proxy=proxy_for(self.base_url))
+            except (ValueError, ImportError) as exc:  # the value itself is not shown: it may hold a password
+                raise SourceError(
+                    f"the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {self.base_url} cannot be used "
+                    f"({type(exc).__name__}); set it to http://host:port, or name the host in NO_PROXY"
+                ) from None
         self._client = httpx.Client(
             base_url=self.base_url,
-            transport=_CredentialTransport(transport or httpx.HTTPTransport(proxy=proxy_for(self.base_url)), credentials),
+            transport=_CredentialTransport(transport, credentials),
             timeout=timeout,
             headers={"Accept-Encoding": "gzip", "User-Agent": "cv_pipeline (Cross Validated dataset builder)"},
         )

@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -404,7 +405,7 @@ class DumpSource(QuestionSource):
             while True:
                 try:
                     chunk = stream.read(_CHUNK)
-                except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+                except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError, zlib.error) as exc:
                     raise self._damaged(exc) from exc
                 try:
                     parser.Parse(chunk, not chunk)
