@@ -273,3 +273,20 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     assert len(evaluations) == 4 and all(e.passed for e in evaluations)
     train = load_split(tmp_path / "chat_dataset", "train")
     assert "<br>" in train[0]["messages"][0]["content"] and train[0]["answer_license"] == "CC BY-SA 3.0"
+    assert "Source: unit test; partitions pairs_00000-04999, pairs_05000-09999." in (
+        tmp_path / "chat_dataset" / "README.md").read_text()
+
+    # A partition re-collected from another source (say the demo's sample site, then the real API in the same
+    # data folder) is not merged with the rest: chat_dataset fails, naming the files, and keeps the old dataset.
+    write_json(tmp_path / "raw" / "questions_05000-09999.json", RawBatch(
+        partition_key="05000-09999", source="another source", site="stats", start_rank=5000, stop_rank=10000,
+        questions=[question(5001, "<p>A question from the other source, long enough to be kept.</p>")],
+        stats=BatchStats()).model_dump(mode="json"))
+    dg.materialize([cleaned_qa_pairs], partition_key="05000-09999", resources=resources)
+    result = dg.materialize([chat], resources=resources, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "pairs_00000-04999.parquet from unit test" in message
+    assert "pairs_05000-09999.parquet from another source" in message and "CV_PIPELINE_DATA_DIR" in message
+    assert len(load_split(tmp_path / "chat_dataset", "train")) == len(train)

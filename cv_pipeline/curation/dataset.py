@@ -89,6 +89,43 @@ def read_cleaned(paths: Iterable[Path]) -> list[dict]:
     return rows
 
 
+SOURCE_METADATA_KEY = b"cv_pipeline.source"
+
+
+def with_source(schema: pa.Schema, source: str) -> pa.Schema:
+    """The cleaned-pairs schema tagged with where its raw batch came from (RawBatch.source)."""
+    return schema.with_metadata({**(schema.metadata or {}), SOURCE_METADATA_KEY: source.encode()})
+
+
+def cleaned_sources(paths: Iterable[Path]) -> dict[Path, str | None]:
+    """Each cleaned-pairs file's source, read from its Parquet footer (None: written before it was recorded)."""
+    out: dict[Path, str | None] = {}
+    for path in paths:
+        raw = (pq.read_schema(path).metadata or {}).get(SOURCE_METADATA_KEY)
+        out[path] = raw.decode() if raw is not None else None
+    return out
+
+
+def check_one_source(sources: dict[Path, str | None]) -> str:
+    """The one source all cleaned partitions come from; ValueError naming the files when they differ.
+
+    Partitions collected from two sources (the demo's generated sample site and the real API, when both
+    profiles share a data folder) would otherwise be merged into one dataset without a word.
+    """
+    by_source: dict[str, list[str]] = {}
+    for path, source in sources.items():
+        if source is not None:
+            by_source.setdefault(source, []).append(Path(path).name)
+    if len(by_source) > 1:
+        listed = "; ".join(f"{', '.join(names)} from {source}" for source, names in sorted(by_source.items()))
+        raise ValueError(
+            f"the cleaned partitions come from different sources ({listed}): re-materialise raw_question_batches "
+            "and cleaned_qa_pairs for the partitions from the source you do not want, or remove their files; "
+            "keep each profile's outputs apart with CV_PIPELINE_DATA_DIR"
+        )
+    return next(iter(by_source), "unknown")
+
+
 @dataclass
 class ChatDataset:
     splits: dict[str, list[dict]]

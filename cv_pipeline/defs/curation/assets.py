@@ -3,7 +3,15 @@ from pydantic import Field
 
 from cv_pipeline.atomic import atomic_path
 from cv_pipeline.curation import cleaner
-from cv_pipeline.curation.dataset import CLEANED_SCHEMA, build_chat_dataset, read_cleaned, save_chat_dataset
+from cv_pipeline.curation.dataset import (
+    CLEANED_SCHEMA,
+    build_chat_dataset,
+    check_one_source,
+    cleaned_sources,
+    read_cleaned,
+    save_chat_dataset,
+    with_source,
+)
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
 from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM
@@ -49,7 +57,7 @@ def cleaned_qa_pairs(
     rows, counts = cleaner.clean_batch(batch.questions, config.to_cleaning_config())
     out = data_dir.cleaned_file(key)
     with atomic_path(out, suffix=".parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=CLEANED_SCHEMA), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=with_source(CLEANED_SCHEMA, batch.source)), tmp)
     context.log.info(f"partition {key}: kept {len(rows)} of {len(batch.questions)} pairs; counts {counts}")
     return dg.MaterializeResult(
         metadata={
@@ -83,9 +91,13 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
         files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
         if not files:
             raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
+        try:
+            source = check_one_source(cleaned_sources(files))
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
         out = data_dir.sub("chat_dataset")
-        save_chat_dataset(ds, out, source=", ".join(f.stem for f in files))
+        save_chat_dataset(ds, out, source=f"{source}; partitions {', '.join(f.stem for f in files)}")
         preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
         return dg.MaterializeResult(
             metadata={
