@@ -6,6 +6,7 @@ import bz2
 import gzip
 import json
 import lzma
+import os
 import re
 import signal
 import sys
@@ -336,8 +337,18 @@ def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
     extract_dir = tmp_path / "extracted"
     source = DumpSource(packed, extract_dir=extract_dir)
     assert all_questions(source) == all_questions(DumpSource(plain))
-    assert (extract_dir / "Posts.xml").is_file()  # extracted once, read from there
+    (kept,) = extract_dir.iterdir()  # extracted once, read from there, and kept after close
+    assert source._xml_path == kept / "Posts.xml" and kept.name.startswith(packed.name + "-")
     source.close()
+    stamp = (kept / "Posts.xml").stat().st_mtime_ns
+    with DumpSource(packed, extract_dir=extract_dir) as again:  # a later process reuses it
+        assert all_questions(again) == all_questions(DumpSource(plain))
+        assert again._xml_path == kept / "Posts.xml" and (kept / "Posts.xml").stat().st_mtime_ns == stamp
+    os.utime(packed, ns=(stamp, stamp + 10**9))  # a new download of the archive is extracted afresh
+    with DumpSource(packed, extract_dir=extract_dir) as newer:
+        assert all_questions(newer) == all_questions(DumpSource(plain))
+    (fresh,) = extract_dir.iterdir()
+    assert fresh != kept and newer._xml_path == fresh / "Posts.xml"
     with DumpSource(packed) as temporary:  # the default: a temporary folder, removed on close
         assert temporary.fetch_page(1) == DumpSource(plain).fetch_page(1)
         extracted = temporary._xml_path
@@ -459,7 +470,7 @@ def test_a_damaged_archive_is_a_clear_source_error(tmp_path: Path, name: str, pa
         with DumpSource(packed, extract_dir=extract_dir) as source:
             all_questions(source)
     assert str(packed) in str(err.value)
-    assert not (extract_dir / "Posts.xml").exists()  # no half-extracted file left to be read next time
+    assert not extract_dir.exists() or not list(extract_dir.rglob("Posts.xml"))  # nothing half-extracted to read next time
 
 
 
@@ -554,3 +565,33 @@ def test_memory_stays_bounded_on_a_large_stream(tmp_path: Path) -> None:
     assert src.counts().questions == 16_667 and src.counts().answers == 33_333
     assert [q.score for q in page.questions] == sorted((q.score for q in page.questions), reverse=True)
     assert all(q.top_answer is not None and q.body_html.startswith("<p>lorem") for q in page.questions)
+
+
+def test_the_collection_asset_ranks_and_extracts_a_7z_dump_once_for_all_partitions(tmp_path: Path) -> None:
+    """Each partition is its own run (often its own process): the ranking and the extracted Posts.xml are kept
+    under the data folder, so the second partition neither ranks nor extracts the archive again."""
+    import dagster as dg
+
+    from cv_pipeline.collection import load_batch
+    from cv_pipeline.defs.collection.assets import raw_question_batches
+    from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
+    from cv_pipeline.partitions import partition_keys
+
+    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
+    plain = write_posts(tmp_path / "Posts.xml", [q_row(1, 5), q_row(2, 9), a_row(3, 1, 2), a_row(4, 2, 7)])
+    packed = tmp_path / "stats.stackexchange.com.7z"
+    with py7zr.SevenZipFile(packed, "w") as archive:
+        archive.write(plain, "Posts.xml")
+    data = tmp_path / "data"
+    resources = {"stackexchange": StackExchangeResource(source="dump", dump_path=str(packed)),
+                 "data_dir": DataDirResource(path=str(data))}
+    first, second = partition_keys(2)
+    assert dg.materialize([raw_question_batches], partition_key=first, resources=resources).success
+    extracted = list((data / "raw" / ".dump" / "extracted").rglob("Posts.xml"))
+    rankings = list((data / "raw" / ".dump" / "ranking").glob("dump_ranking_*.json"))
+    assert len(extracted) == 1 and len(rankings) == 1
+    stamps = [extracted[0].stat().st_mtime_ns, rankings[0].stat().st_mtime_ns]
+    assert dg.materialize([raw_question_batches], partition_key=second, resources=resources).success
+    assert [extracted[0].stat().st_mtime_ns, rankings[0].stat().st_mtime_ns] == stamps
+    batch = load_batch(data / "raw" / f"questions_{first}.json")
+    assert [(q.question_id, q.top_answer.answer_id) for q in batch.questions] == [(2, 4), (1, 3)]

@@ -58,7 +58,9 @@ class StackExchangeResource(dg.ConfigurableResource):
     requests_per_second: float = Field(10.0, description="Request ceiling; Stack Exchange bans above 30/s.")
 
     @contextlib.contextmanager
-    def open(self) -> Iterator[QuestionSource]:
+    def open(self, work_dir: Path | None = None) -> Iterator[QuestionSource]:
+        """The source, open. ``work_dir`` (source=dump): where the dump's ranking and a .7z archive's
+        extracted Posts.xml are kept, so that each partition's run does not rank or extract it again."""
         if self.source == "dump":
             from cv_pipeline.sources.dump import DumpSource
 
@@ -66,7 +68,13 @@ class StackExchangeResource(dg.ConfigurableResource):
                 raise SourceError(
                     "source=dump needs dump_path: set it to the Posts.xml (or the archive) of the site's data dump"
                 )
-            with DumpSource(Path(self.dump_path), site=self.site, keep_all_answers=self.keep_all_answers) as src:
+            with DumpSource(
+                Path(self.dump_path),
+                site=self.site,
+                keep_all_answers=self.keep_all_answers,
+                cache_dir=work_dir / "ranking" if work_dir else None,
+                extract_dir=work_dir / "extracted" if work_dir else None,
+            ) as src:
                 yield src
             return
         with contextlib.ExitStack() as stack:

@@ -167,7 +167,8 @@ class DumpSource(QuestionSource):
 
         ``window_size``: ranks collected per pass 2 (rounded to whole pages); ``cache_dir``: where to keep
         pass 1's ranking between processes (keyed by file size and mtime); ``extract_dir``: where a .7z
-        archive's Posts.xml is extracted (a temporary folder by default, removed by ``close()``).
+        archive's Posts.xml is extracted and kept for later processes (published by a rename, keyed by the
+        archive's size and mtime); by default a temporary folder, removed by ``close()``.
         """
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -491,19 +492,42 @@ class DumpSource(QuestionSource):
         import py7zr.exceptions
 
         damaged = (OSError, EOFError, lzma.LZMAError, py7zr.exceptions.Bad7zFile, py7zr.exceptions.CrcError)
-        member: str | None = None
-        target = self._extract_dir
+        kept = self._kept_extraction()
+        if kept is not None and kept.is_dir():  # this archive (same size and mtime) was extracted before
+            inner = next((p for p in kept.rglob("*") if p.name.lower() == "posts.xml" and p.is_file()), None)
+            if inner is not None:
+                self._xml_path = inner
+                return inner
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            target = Path(tempfile.mkdtemp(prefix=".extracting_", dir=kept.parent))
+        else:
+            target = self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
         try:
             with py7zr.SevenZipFile(self.path, mode="r") as archive:
                 member = next((n for n in archive.getnames() if n.rsplit("/", 1)[-1].lower() == "posts.xml"), None)
                 if member is None:
                     raise SourceError(f"{self.path}: the .7z archive holds no Posts.xml; {EXPECTED}")
-                if target is None:
-                    target = self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
                 archive.extract(path=target, targets=[member])
-        except damaged as exc:
-            if member is not None and target is not None:  # never leave a half-extracted Posts.xml to be read
-                (target / member).unlink(missing_ok=True)
-            raise self._damaged(exc) from exc
+        except BaseException as exc:
+            if kept is not None:  # never leave a half-extracted Posts.xml to be read
+                shutil.rmtree(target, ignore_errors=True)
+            if isinstance(exc, damaged):
+                raise self._damaged(exc) from exc
+            raise
+        if kept is not None:
+            # Published whole, by one rename; older extractions of this archive (another size or mtime) go.
+            for old in kept.parent.glob(f"{self.path.name}-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            target.rename(kept)
+            target = kept
         self._xml_path = target / member
         return self._xml_path
+
+    def _kept_extraction(self) -> Path | None:
+        """Where ``extract_dir`` keeps this archive's Posts.xml between processes (keyed by size and mtime)."""
+        if self._extract_dir is None:
+            return None
+        st = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return self._extract_dir / f"{self.path.name}-{key}"
