@@ -92,6 +92,23 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _ordinary_permissions(folder: Path) -> None:
+    """The folder and everything in it get the modes an ordinary mkdir()/open() gives (umask applied).
+
+    Not only mkdtemp's 0700: some writers create 0600 files whatever the umask (safetensors' save_file,
+    which save_pretrained uses), and shutil.copy2 carries that on. An executable file stays executable."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if not os.path.islink(path):  # an executable stays one (for everyone the umask allows)
+                os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
+
+
 def _restore_aside(old: Path, target: Path) -> None:
     """Put the folder a swap moved aside back, if the new one never arrived."""
     if old.is_dir() and not target.exists():
@@ -119,7 +136,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
         try:
             yield tmp
-            os.chmod(tmp, 0o777 & ~_umask())
+            _ordinary_permissions(tmp)
             if target.exists():
                 os.replace(target, old)
             try:

@@ -151,15 +151,26 @@ def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
 
     from cv_pipeline.atomic import atomic_dir, write_text
 
+    import torch
+    from safetensors.torch import save_file
+
     previous = os.umask(0o022)
     try:
         write_text(tmp_path / "batch.json", "{}")
         with atomic_dir(tmp_path / "adapter") as tmp:
-            (tmp / "adapter_model.safetensors").write_bytes(b"x")
+            (tmp / "adapter_config.json").write_text("{}")
+            # safetensors creates its files 0600 whatever the umask (save_pretrained goes through it)
+            save_file({"w": torch.zeros(2)}, str(tmp / "adapter_model.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+            (tmp / "sub" / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(tmp / "sub" / "run.sh", 0o700)
     finally:
         os.umask(previous)
-    assert (tmp_path / "batch.json").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o755
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "batch.json") == 0o644
+    assert mode(tmp_path / "adapter") == 0o755 == mode(tmp_path / "adapter" / "sub")
+    assert mode(tmp_path / "adapter" / "adapter_model.safetensors") == 0o644 == mode(tmp_path / "adapter" / "adapter_config.json")
+    assert mode(tmp_path / "adapter" / "sub" / "run.sh") == 0o755  # execute bits kept
 
 
 def test_a_failed_folder_swap_puts_the_old_folder_back(tmp_path, monkeypatch):

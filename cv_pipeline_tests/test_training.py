@@ -261,6 +261,27 @@ def test_labels_cover_only_the_assistant_turns(tokenizer, turns):
 
 @pytest.mark.slow
 @needs_embedded
+@pytest.mark.parametrize("eos", ["<|im_end|>", "<|endoftext|>"])
+def test_training_learns_what_evaluation_scores_whatever_the_eos(tokenizer, eos):
+    """A ChatML model whose EOS is <|endoftext|> (some base models) still ends turns with <|im_end|>: training
+    learns the answer up to that marker, not the template's newline after it, exactly the span evaluation scores."""
+    import copy
+
+    from cv_pipeline.evaluation.evaluator import encode_chat
+    from cv_pipeline.training.trainer import tokenize_chat
+
+    tok = copy.deepcopy(tokenizer)
+    tok.eos_token = eos
+    msgs = [{"role": "user", "content": QA[0][0]}, {"role": "assistant", "content": QA[0][1]}]
+    out = tokenize_chat(tok, msgs, max_seq_length=512)
+    learnt = [t for t, lab in zip(out["input_ids"], out["labels"]) if lab != -100]
+    assert tok.decode(learnt) == QA[0][1] + "<|im_end|>"
+    ids, n_prompt = encode_chat(tok, msgs, max_length=512)
+    assert ids[n_prompt:] == learnt and ids == out["input_ids"][: len(ids)]
+
+
+@pytest.mark.slow
+@needs_embedded
 def test_truncation_keeps_the_labels_aligned(tokenizer):
     from cv_pipeline.training.trainer import tokenize_chat
 

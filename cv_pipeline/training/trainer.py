@@ -20,7 +20,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from cv_pipeline.atomic import atomic_dir, write_json
 from cv_pipeline.training.base_model import validate_model_dir
 from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
+from cv_pipeline.training.turns import turn_end_ids
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 SUMMARY_FILE = "training_summary.json"
@@ -72,17 +73,22 @@ class TrainResult:
         return d
 
 
-def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_length: int) -> dict[str, list[int]]:
-    """Token ids and labels of one chat; labels are -100 except on assistant turns (up to their EOS).
+def tokenize_chat(
+    tokenizer, messages: list[dict[str, str]], max_seq_length: int, turn_ends: Collection[int] | None = None
+) -> dict[str, list[int]]:
+    """Token ids and labels of one chat; labels are -100 except on assistant turns (up to their end of turn).
 
     Each turn is rendered with the chat template and tokenised piece by piece: the prompt part
-    (template up to the generation prompt) is masked, the assistant part is learnt. Tokenising the
-    prompt alone matches what the model sees at inference time. Text the template adds after the
-    assistant's EOS (a newline) is masked: the model never has to produce it.
+    (template up to the generation prompt) is masked, the assistant part is learnt up to and including
+    its end-of-turn token (``turns.turn_end_ids``: ``<|im_end|>``/``<|eot_id|>``, else EOS), which is what
+    evaluation scores. Tokenising the prompt alone matches what the model sees at inference time. Text
+    the template adds after the end of turn (a newline) is masked: the model never has to produce it.
+    ``turn_ends``: ``turn_end_ids(tokenizer)``, passed in by callers that tokenise many chats (reading the
+    vocabulary costs tens of ms).
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("a training chat must end with an assistant message")
-    eos_id = tokenizer.eos_token_id
+    ends = set(turn_end_ids(tokenizer)) if turn_ends is None else turn_ends
     input_ids: list[int] = []
     labels: list[int] = []
     rendered = ""
@@ -99,9 +105,7 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_length: int
         # The template writes any BOS itself; letting the tokenizer add one too would double it.
         context = tokenizer(prompt[len(rendered) :], add_special_tokens=False)["input_ids"]
         answer = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-        learnt = len(answer)
-        if eos_id is not None and eos_id in answer:
-            learnt = answer.index(eos_id) + 1
+        learnt = next((j + 1 for j, t in enumerate(answer) if t in ends), len(answer))
         input_ids += context + answer
         labels += [-100] * len(context) + answer[:learnt] + [-100] * (len(answer) - learnt)
         rendered = full
@@ -117,8 +121,9 @@ def tokenize_dataset(tokenizer, dataset: Dataset, max_seq_length: int, name: str
         )
     if len(dataset) == 0:
         raise TrainingError(f"the {name} dataset is empty: check the chat_dataset split and the subset selection")
+    turn_ends = frozenset(turn_end_ids(tokenizer))
     tokenized = dataset.map(
-        lambda row: tokenize_chat(tokenizer, row["messages"], max_seq_length),
+        lambda row: tokenize_chat(tokenizer, row["messages"], max_seq_length, turn_ends),
         remove_columns=dataset.column_names,
         desc=f"Tokenising {name} chats",
     )
