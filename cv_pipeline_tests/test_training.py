@@ -391,6 +391,44 @@ def test_resumed_run_matches_the_uninterrupted_one(base_dir, trained, tmp_path):
 
 @pytest.mark.slow
 @needs_embedded
+def test_the_out_of_memory_advice_resumes_instead_of_starting_over(base_dir, trained, tmp_path):
+    """Crash after the step-6 checkpoint, then follow the OOM message (half the batch, twice the accumulation)
+    and checkpoint more often: training resumes at step 6 and ends at the uninterrupted run's adapter."""
+    from safetensors.torch import load_file
+
+    from cv_pipeline.training.trainer import train_adapter
+
+    args = (base_dir, chats(8), None, tmp_path)
+    with pytest.raises(_Crash):
+        train_adapter(*args, TrainingHyperparams(**FAST), LoraHyperparams(), detect_device("cpu"),
+                      callbacks=[_crash_after_checkpoint(6)])
+    smaller = TrainingHyperparams(**{**FAST, "per_device_batch": 1, "grad_accum": 2, "save_steps": 3})
+    resumed = train_adapter(*args, smaller, LoraHyperparams(), detect_device("cpu"))
+    assert (resumed.resumed_from_step, resumed.steps) == (6, 12)
+    ours = load_file(str(resumed.adapter_path / "adapter_model.safetensors"))
+    reference = load_file(str(trained[0].adapter_path / "adapter_model.safetensors"))
+    worst = max((ours[k] - reference[k]).abs().max().item() for k in ours)
+    assert worst < 1e-3, f"resumed adapter differs from the uninterrupted one by up to {worst}"
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(base_dir, trained):
+    from cv_pipeline.training.trainer import train_adapter
+
+    first = trained[0]
+    summary = first.adapter_path / "training_summary.json"
+    before = (summary.read_bytes(), summary.stat().st_mtime_ns)
+    lines: list[str] = []
+    again = train_adapter(base_dir, chats(8), None, first.adapter_path.parent, TrainingHyperparams(**FAST),
+                          LoraHyperparams(), detect_device("cpu"), log=lines.append)
+    assert again == first and again.train_tokens > 0 and again.tokens_per_s > 0
+    assert (summary.read_bytes(), summary.stat().st_mtime_ns) == before
+    assert any("already holds this run's adapter" in line for line in lines)
+
+
+@pytest.mark.slow
+@needs_embedded
 def test_changed_settings_do_not_resume_stale_checkpoints(base_dir, tmp_path):
     from cv_pipeline.training.trainer import _resume_point
 
@@ -401,7 +439,26 @@ def test_changed_settings_do_not_resume_stale_checkpoints(base_dir, tmp_path):
     assert _resume_point(ckpt, "run-a", lambda _m: None) == ckpt / "checkpoint-3"
     said: list[str] = []
     assert _resume_point(ckpt, "run-b", said.append) is None
-    assert not (ckpt / "checkpoint-3").exists() and "discarding" in said[0]
+    assert not (ckpt / "checkpoint-3").exists() and "not resuming" in said[0]
+    # nothing trained is lost: the other run's checkpoints are moved aside, and moving them back resumes it
+    aside = tmp_path / "checkpoints.previous"
+    assert (aside / "checkpoint-3" / "trainer_state.json").is_file() and str(aside) in said[0]
+    shutil.rmtree(ckpt)
+    aside.rename(ckpt)
+    assert _resume_point(ckpt, "run-a", lambda _m: None) == ckpt / "checkpoint-3"
+
+
+def test_only_settings_that_change_the_adapter_stop_a_resume():
+    base = TrainingHyperparams(per_device_batch=4, grad_accum=4)
+    neutral = dict(save_steps=7, save_total_limit=5, logging_steps=9, eval_steps=3, gradient_checkpointing="off")
+    assert base.model_copy(update=neutral).resume_key() == base.resume_key()
+    # the out-of-memory advice: a smaller batch, more accumulation, the same effective batch
+    assert TrainingHyperparams(per_device_batch=2, grad_accum=8).resume_key() == base.resume_key()
+    for change in (dict(grad_accum=2), dict(max_seq_length=512), dict(learning_rate=1e-4), dict(seed=1),
+                   dict(epochs=2.0), dict(packing=True), dict(warmup_steps=0)):
+        assert base.model_copy(update=change).resume_key() != base.resume_key(), change
+    assert set(TrainingHyperparams.model_fields) - set(base.resume_key()) == {
+        "per_device_batch", "grad_accum", *neutral}  # a new field counts unless it is listed as neutral
 
 
 @pytest.mark.parametrize("torn", ["missing", "cut off"])

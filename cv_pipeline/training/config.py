@@ -77,6 +77,20 @@ class TrainingHyperparams(BaseModel):
     )
 
 
+    def resume_key(self) -> dict:
+        """The settings a checkpoint must share to be resumed: those that change what is learnt.
+
+        How often to checkpoint, log or evaluate and how activations are kept do not, and the batch counts
+        only as the effective batch: per_device_batch 4 x grad_accum 4 resumes as 2 x 8 (the advice when
+        the GPU runs out of memory), since the Trainer skips the steps done in examples, not in batches."""
+        key = self.model_dump(exclude=set(RESUME_NEUTRAL) | {"per_device_batch", "grad_accum"})
+        return {**key, "effective_batch": self.per_device_batch * self.grad_accum}
+
+
+# Settings that never change the adapter a run produces (see TrainingHyperparams.resume_key).
+RESUME_NEUTRAL = ("save_steps", "save_total_limit", "logging_steps", "eval_steps", "gradient_checkpointing")
+
+
 class AdapterSpec(BaseModel):
     """One adapter to train: which subset of the chat dataset and for how many epochs."""
 

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,8 @@ def train_adapter(
         say(f"dropped {dropped} train chats whose prompt alone fills max_seq_length={hparams.max_seq_length}")
 
     ckpt_dir = out_dir / "checkpoints"
-    resume = _resume_point(ckpt_dir, _fingerprint(base.content_hash, train_dataset, hparams, lora), say)
+    fingerprint = _fingerprint(base.content_hash, train_dataset, hparams, lora, four_bit)
+    resume = _resume_point(ckpt_dir, fingerprint, say)
     # Packing needs attention that respects document boundaries inside one row (varlen flash
     # attention); the CPU path has none, so packed chats would attend to each other there.
     packing = hparams.packing and device.is_cuda
@@ -249,13 +250,22 @@ def train_adapter(
     except torch.OutOfMemoryError as exc:
         raise TrainingOOMError(
             f"out of GPU memory with per_device_batch={hparams.per_device_batch}, max_seq_length="
-            f"{hparams.max_seq_length}, 4-bit={four_bit}: lower per_device_batch (raise grad_accum to keep "
-            "the effective batch), lower max_seq_length, or install bitsandbytes for 4-bit QLoRA. Training "
-            "resumes from the last checkpoint"
+            f"{hparams.max_seq_length}, 4-bit={four_bit}, gradient_checkpointing={hparams.gradient_checkpointing}: "
+            "lower per_device_batch and raise grad_accum by the same factor, or set gradient_checkpointing to "
+            "'unsloth'; both resume from the last checkpoint. Lowering max_seq_length or training in 4-bit "
+            "(install bitsandbytes) changes the run, which then starts again (the old checkpoints are moved to "
+            f"{ckpt_dir.name}{_PREVIOUS_SUFFIX})"
         ) from exc
     wall = time.perf_counter() - start
 
     state = trainer.state
+    if state.global_step == progress.initial_step:
+        # Resumed at the final step, as a second run with the same settings and data is: nothing was trained
+        # now, so the adapter this run already published (and its measurements) stays as it is.
+        published = _published_result(out_dir / "adapter", fingerprint)
+        if published is not None:
+            say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
+            return published
     history = [
         {k: float(e[k]) for k in ("step", "loss", "eval_loss", "grad_norm", "learning_rate") if k in e}
         for e in state.log_history
@@ -290,6 +300,7 @@ def train_adapter(
             "hparams": hparams.model_dump(),
             "lora": lora.model_dump(),
             "device_info": device.as_dict(),
+            "run_fingerprint": fingerprint,
         }
         write_json(tmp / SUMMARY_FILE, summary)
     say(f"adapter written to {result.adapter_path} after {result.steps} steps ({result.tokens_per_s:.0f} tokens/s)")
@@ -346,11 +357,26 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
     return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
 
 
-def _fingerprint(base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams) -> str:
-    """What must match for a checkpoint to be resumable: base model, chats and every setting."""
+def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None:
+    """The result recorded with the adapter in ``adapter_dir``, if the run with this fingerprint wrote it."""
+    try:
+        summary = json.loads((adapter_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        if summary.get("run_fingerprint") != fingerprint:
+            return None
+        names = [f.name for f in fields(TrainResult) if f.name != "adapter_path"]
+        return TrainResult(adapter_path=adapter_dir, **{name: summary[name] for name in names})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _fingerprint(
+    base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool = False
+) -> str:
+    """What must match for a checkpoint to be resumable: base model and its precision, chats, and every
+    setting that changes what is learnt (``TrainingHyperparams.resume_key``)."""
     h = hashlib.sha256()
     h.update(base_hash.encode())
-    h.update(json.dumps([hp.model_dump(), lora.model_dump()], sort_keys=True).encode())
+    h.update(json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode())
     for batch in train.select_columns(["messages"]).iter(batch_size=1000):
         h.update(json.dumps(batch["messages"], sort_keys=True).encode())
     return h.hexdigest()
@@ -366,17 +392,28 @@ def _is_complete(checkpoint: Path) -> bool:
     return True
 
 
-def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
-    """The last complete checkpoint of an identical earlier run.
+_PREVIOUS_SUFFIX = ".previous"
 
-    Checkpoints of a different run are removed, and so are checkpoints a killed save left half
-    written (newer than the last complete one), which would otherwise fail every retry.
+
+def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
+    """The last complete checkpoint of an earlier run of the same training (same fingerprint).
+
+    Checkpoints of a different run are not resumed but moved aside to ``checkpoints.previous``
+    (replacing an older set there), so that changing a setting by mistake loses no trained steps:
+    moving them back resumes that run. Checkpoints a killed save left half written (newer than the
+    last complete one) are removed: they would fail every retry.
     """
     stamp = ckpt_dir / FINGERPRINT_FILE
     recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
     if ckpt_dir.is_dir() and recorded != fingerprint:
-        say(f"discarding checkpoints in {ckpt_dir}: they belong to a run with other data or settings")
-        shutil.rmtree(ckpt_dir)
+        aside = ckpt_dir.with_name(ckpt_dir.name + _PREVIOUS_SUFFIX)
+        if any(ckpt_dir.glob("checkpoint-*")):
+            shutil.rmtree(aside, ignore_errors=True)
+            ckpt_dir.rename(aside)
+            say(f"not resuming the checkpoints in {ckpt_dir}: they belong to a run with other data or settings "
+                f"(moved to {aside}; move them back to resume that run, or delete them)")
+        else:
+            shutil.rmtree(ckpt_dir)
     while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
         if _is_complete(Path(last)):
             say(f"resuming from {last}")
