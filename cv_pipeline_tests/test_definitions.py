@@ -143,6 +143,28 @@ def test_instance_yaml_is_valid_and_pools_limited_to_one(tmp_path):
     assert config["run_retries"]["enabled"] is True
 
 
+def test_the_daemon_does_not_rerun_a_failure_marked_not_to_be_retried(tmp_path, monkeypatch):
+    """dg.Failure(allow_retries=False) (an exhausted quota, a bad key or setting) only stops the step's own
+    RetryPolicy; with the instance's run retries it must not come back as a re-executed run either."""
+    import dagster as dg
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
+
+    from cv_pipeline.defs.collection.assets import raw_question_batches
+    from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+        result = dg.materialize(
+            [raw_question_batches], partition_key="00000-04999", instance=instance, raise_on_error=False,
+            resources={"stackexchange": StackExchangeResource(source="dump"), "data_dir": DataDirResource(path=str(tmp_path))},
+        )
+        assert not result.success
+        assert not should_retry(instance.get_run_by_id(result.run_id), instance)
+
+
 def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch):
     """The k8s instance config validates against dagster-k8s/dagster-postgres, and GPU steps request GPUs."""
     from dagster._core.instance.config import dagster_instance_config
