@@ -55,10 +55,11 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
     instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))  # stands in for the 135M model
 
-    def dataset(top_n: int) -> None:
+    def dataset(top_n: int) -> None:  # with its blocking checks, as every run of chat_dataset has them
         run_config = {"ops": {"chat_dataset": {"config": {"top_n": top_n}}}}
-        assert dg.materialize([*defs.assets], selection=[CHAT], resources=defs.resources, instance=instance,
-                              run_config=run_config).success
+        result = dg.materialize([*defs.assets, *defs.asset_checks], selection=[CHAT], resources=defs.resources,
+                                instance=instance, run_config=run_config)
+        assert result.success and len(result.get_asset_check_evaluations()) == 4
 
     def requested(cursor):
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*ADAPTERS), cursor=cursor)
@@ -75,6 +76,20 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     dataset(10)
     now, cursor = requested(cursor)
     assert now == set(ADAPTERS)  # the top subset changed: retrain
+
+    # New data whose dataset fails a blocking check: the checks stop the adapters only inside their own run,
+    # and this request would start another one, so it must wait for a dataset that passes.
+    bad = [dict(r, answer=r["answer"] + " <div>left over</div>") if r["question_id"] == 7 else r for r in rows]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=[CHAT], resources=defs.resources,
+                            instance=instance, raise_on_error=False)
+    assert [e.check_name for e in result.get_asset_check_evaluations() if not e.passed] == ["chat_has_no_markup"]
+    now, cursor = requested(cursor)
+    assert now == set()
+    pq.write_table(pa.Table.from_pylist(rows[:-1]), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    dataset(10)
+    now, cursor = requested(cursor)
+    assert now == set(ADAPTERS)  # fixed data, checks passed: retrain
 
 
 def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str):
@@ -139,3 +154,11 @@ def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
     instance.report_run_failed(train_run)
     assert tick()["lora_adapter"] == 1  # retrained on the new version once the run is over
     assert tick()["lora_adapter"] == 0
+
+    # A manual run (say `cv-pipeline demo`) builds a new dataset and trains the adapter on it: the adapter has
+    # read the new version, so nothing is left to retrain when the run is over.
+    version["chat"] = "C"
+    dg.materialize([cleaned_qa_pairs, chat_dataset, lora_adapter], instance=instance,
+                   selection=[chat_dataset, lora_adapter])
+    assert tick() == {"chat_dataset": 0, "lora_adapter": 0}
+    assert tick() == {"chat_dataset": 0, "lora_adapter": 0}
