@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from cv_pipeline.training.config import ADAPTER_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +84,10 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
                 dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
                                instance=instance, resources=defs.resources)
             return
+    graph = defs.resolve_asset_graph()
+    if partition is not None and not any(graph.get(k).is_partitioned for k in dg.AssetSelection.from_string(select).resolve(graph)):
+        names = ", ".join(sorted(k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).is_partitioned))
+        raise SystemExit(f"--partition {partition}: {select!r} has no partitioned asset (those are {names}); drop --partition")
     dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources)
 
 
@@ -112,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the assets")
     a = sub.add_parser("ask", help="stream an answer from the base model or an adapter")
     a.add_argument("question")
-    a.add_argument("--adapter", default="top_10k", help="top_10k, all_pairs, or base")
+    a.add_argument("--adapter", default="top_10k", choices=[*ADAPTER_SPECS, "base"], help="an adapter, or the base model")
     a.add_argument("--device", default="auto")
     a.add_argument("--max-new-tokens", type=int, default=256)
     sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script, which ignores SIGINT for its jobs: Dagster's in-process
+        # execution hands SIGTERM to SIGINT's handler, so `kill` would be ignored too. Stop on both.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if args.cmd == "demo":
         run_pipeline(args.profile, args.partition)

@@ -78,3 +78,46 @@ def test_ui_started_from_another_folder_uses_the_data_folder_of_that_folder(tmp_
     assert cli.main(["ui"]) == 0
     assert seen["cwd"] == cli.REPO_ROOT
     assert seen["data"] == str(tmp_path / "mydata") and seen["home"] == str(tmp_path / ".dagster_home")
+
+
+def test_partition_for_a_selection_without_partitioned_assets_says_to_drop_it(tmp_path):
+    proc = run_cli("materialize", "chat_dataset", "--partition", "00000-04999",
+                   env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")})
+    assert proc.returncode != 0
+    assert "'chat_dataset' has no partitioned asset" in proc.stderr and "drop --partition" in proc.stderr
+    assert "raw_question_batches" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_misspelt_adapter_lists_the_choices(tmp_path):
+    proc = run_cli("ask", "What is a p-value?", "--adapter", "top10k", env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "invalid choice: 'top10k'" in proc.stderr and "top_10k" in proc.stderr and "all_pairs" in proc.stderr
+
+
+def test_sigterm_stops_a_run_started_in_the_background_by_a_script(tmp_path):
+    """`kill` stops `cv-pipeline materialize` at once, also as the background job of a script (which starts with
+    SIGINT ignored): the interrupted step is not retried by its RetryPolicy, as Dagster would do for a preempted
+    worker, and nothing after it runs."""
+    import os
+    import signal
+    import time
+
+    log = tmp_path / "cli.log"
+    env = {**os.environ, "CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cv_pipeline.cli", "materialize", "raw_question_batches"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 240
+        while "STEP_START" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "STEP_START" in log.read_text(), log.read_text()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)  # the step's RetryPolicy would have waited 30 s, then fetched both partitions
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert code != 0 and "STEP_UP_FOR_RETRY" not in text, text[-2000:]
+    assert "interrupted (the run was stopped, or the process got SIGINT/SIGTERM), so not retried" in text
+    assert not (tmp_path / "data" / "raw" / "questions_05000-09999.json").exists()

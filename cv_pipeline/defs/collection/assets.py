@@ -5,6 +5,7 @@ import dagster as dg
 from cv_pipeline.collection import collect_batch
 from cv_pipeline.defs.collection.partitions import question_ranges
 from cv_pipeline.defs.metadata import file_hash, md_table
+from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
 from cv_pipeline.partitions import parse_partition_key
@@ -29,7 +30,8 @@ def raw_question_batches(
     out_file = data_dir.raw_batch_file(key)
     started = time.monotonic()
     try:
-        with stackexchange.open(work_dir=data_dir.sub("raw", ".dump")) as source:
+        with stop_when_interrupted("the pages fetched so far are kept for the next run"), \
+                stackexchange.open(work_dir=data_dir.sub("raw", ".dump")) as source:
             context.log.info(f"collecting ranks {rank_range.start}-{rank_range.stop - 1} from {source.describe()}")
             batch = collect_batch(source, rank_range, out_file, data_dir.sub("raw", ".checkpoints", key), log=context.log)
     except QuotaExhausted as exc:

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.automation import RETRAIN_ON_NEW_DATA
+from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 from cv_pipeline.defs.operations.k8s import GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.defs.training.settings import training_settings_for
@@ -73,16 +74,17 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
             save_steps=config.save_steps, seed=config.seed,
         )
         out_dir = data_dir.sub("adapters", spec.name)
-        result = train_adapter(
-            base_model_dir=data_dir.base_model_dir(),
-            train_dataset=train,
-            eval_dataset=None,
-            out_dir=out_dir,
-            hparams=hparams,
-            lora=LoraHyperparams(r=config.lora_r, alpha=config.lora_alpha),
-            device=device,
-            log=context.log.info,
-        )
+        with stop_when_interrupted("the next run resumes from the last checkpoint"):
+            result = train_adapter(
+                base_model_dir=data_dir.base_model_dir(),
+                train_dataset=train,
+                eval_dataset=None,
+                out_dir=out_dir,
+                hparams=hparams,
+                lora=LoraHyperparams(r=config.lora_r, alpha=config.lora_alpha),
+                device=device,
+                log=context.log.info,
+            )
         return dg.MaterializeResult(metadata=_training_metadata(result, out_dir))
 
     return _adapter
