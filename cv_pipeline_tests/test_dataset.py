@@ -290,3 +290,16 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     assert "pairs_00000-04999.parquet from unit test" in message
     assert "pairs_05000-09999.parquet from another source" in message and "CV_PIPELINE_DATA_DIR" in message
     assert len(load_split(tmp_path / "chat_dataset", "train")) == len(train)
+
+    # A partition's run judges that partition: a row of 00000-04999 that lost its licence does not fail the
+    # checks of a run for another partition (the whole-dataset checks are chat_dataset's).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    first = tmp_path / "cleaned" / "pairs_00000-04999.parquet"
+    table = pq.read_table(first)
+    broken = table.to_pylist()
+    broken[0]["license"] = ""
+    pq.write_table(pa.Table.from_pylist(broken, schema=table.schema), first)
+    result = dg.materialize([cleaned_qa_pairs, cleaned_qa_pairs_checks], partition_key="05000-09999", resources=resources)
+    assert len(result.get_asset_check_evaluations()) == 3 and all(e.passed for e in result.get_asset_check_evaluations())

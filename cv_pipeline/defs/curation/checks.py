@@ -60,16 +60,20 @@ _CLEANED_ASSET = cleaned_qa_pairs.key
 def cleaned_qa_pairs_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
-    rows = read_cleaned(sorted(data_dir.sub("cleaned").glob("pairs_*.parquet")))  # read once for all checks
+    # The run's partition when it has one (a partition's run judges that partition only), else every partition.
+    key = context.partition_key if context.has_partition_key else None
+    cleaned = [f for f in [data_dir.cleaned_file(key)] if f.exists()] if key else sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
+    raw = [data_dir.raw_batch_file(key)] if key else None
+    rows = read_cleaned(cleaned)  # read once for all checks
     yield from _run_selected(
         context,
         _CLEANED_ASSET,
         {
             "cleaned_has_no_markup": (
                 "no markup or notice text",
-                lambda: validate.rows_with_markup(rows, raw_html=lambda ids: _raw_pair_html(data_dir, ids)),
+                lambda: validate.rows_with_markup(rows, raw_html=lambda ids: _raw_pair_html(data_dir, ids, raw)),
             ),
-            "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows)),
+            "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows, raw)),
             "cleaned_rows_complete": (
                 "non-empty, licensed",
                 lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(rows))),
@@ -78,11 +82,12 @@ def cleaned_qa_pairs_checks(
     )
 
 
-def _raw_questions(data_dir: DataDirResource) -> Iterator:
+def _raw_questions(data_dir: DataDirResource, files: list[Path] | None = None) -> Iterator:
+    """The questions of the raw batch ``files`` (default: every partition's)."""
     from cv_pipeline.collection import load_batch
 
-    for raw in sorted(data_dir.sub("raw").glob("questions_*.json")):
-        if raw.name.endswith(".stats.json"):  # the run-stats sidecar, not a batch
+    for raw in files if files is not None else sorted(data_dir.sub("raw").glob("questions_*.json")):
+        if raw.name.endswith(".stats.json") or not raw.exists():  # the run-stats sidecar, not a batch
             continue
         yield from load_batch(raw).questions
 
@@ -95,26 +100,26 @@ def _pair_bodies(q) -> list[str]:
     return [q.body_html] + ([answer.body_html] if answer else [])
 
 
-def _code_block_pairs(data_dir: DataDirResource, rows: list[dict]) -> list[int]:
+def _code_block_pairs(data_dir: DataDirResource, rows: list[dict], raw: list[Path] | None = None) -> list[int]:
     """Kept pairs whose raw question or top answer has a <pre> code block."""
     from cv_pipeline.curation.cleaner import has_code_block
 
     kept = {r["question_id"] for r in rows}
     return [
         q.question_id
-        for q in _raw_questions(data_dir)
+        for q in _raw_questions(data_dir, raw)
         if q.question_id in kept and any(has_code_block(body) for body in _pair_bodies(q))
     ]
 
 
-def _raw_pair_html(data_dir: DataDirResource, question_ids: list[int]) -> dict[int, str]:
+def _raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> dict[int, str]:
     """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as text."""
     import html
 
     wanted = set(question_ids)
     return {
         q.question_id: html.escape(q.title) + "".join(_pair_bodies(q))  # titles arrive decoded
-        for q in _raw_questions(data_dir)
+        for q in _raw_questions(data_dir, raw)
         if q.question_id in wanted
     }
 
