@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cv_pipeline.partitions import parse_partition_key
 from cv_pipeline.training.config import ADAPTER_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,11 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
     p, defs = _definitions(profile)
     instance = dg.DagsterInstance.get()
     keys = partitions or p.demo_partitions
+    for key in keys:
+        try:
+            parse_partition_key(key)
+        except ValueError as exc:
+            raise SystemExit(f"--partition: {exc}") from None
     collect = defs.resolve_job_def("collect_and_clean")
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
         collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True)

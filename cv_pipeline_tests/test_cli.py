@@ -88,6 +88,14 @@ def test_partition_for_a_selection_without_partitioned_assets_says_to_drop_it(tm
     assert "raw_question_batches" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_demo_with_a_bad_partition_names_it_and_the_ranges(tmp_path):
+    proc = run_cli("demo", "--partition", "5000-9999",
+                   env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "'5000-9999' is not one of the 8 ranges" in proc.stderr and "00000-04999" in proc.stderr
+    assert not (tmp_path / "raw").exists()  # refused before anything ran
+
+
 def test_a_misspelt_adapter_lists_the_choices(tmp_path):
     proc = run_cli("ask", "What is a p-value?", "--adapter", "top10k", env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 2
