@@ -70,7 +70,7 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
         assert "FROM" in modelfile and "ADAPTER" in modelfile
 
 
-def test_a_cleaning_change_marks_cleaning_and_everything_downstream_stale(pipeline):
+def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pipeline):
     defs, instance, *_ = pipeline
     assets = list(defs.resolve_asset_graph().assets_defs)
     fresh = get_stale_status_resolver(instance, assets)
@@ -104,7 +104,7 @@ def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipe
     assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.STALE
 
 
-def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monkeypatch, capsys):
+def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monkeypatch, capsys, tmp_path):
     from cv_pipeline import cli
 
     _, _, data, *_ = pipeline
@@ -112,5 +112,9 @@ def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monk
     assert cli.main(["ask", "What is a p-value?", "--adapter", "top_10k", "--max-new-tokens", "12", "--device", "cpu"]) == 0
     answer = capsys.readouterr().out.strip()
     assert len(answer.split()) >= 2
-    with pytest.raises(SystemExit, match="no adapter 'nonexistent'"):
+    with pytest.raises(SystemExit) as exited:  # argparse: an adapter name that does not exist
         cli.main(["ask", "What is a p-value?", "--adapter", "nonexistent"])
+    assert exited.value.code == 2 and "invalid choice: 'nonexistent'" in capsys.readouterr().err
+    monkeypatch.setenv("CV_PIPELINE_DATA_DIR", str(tmp_path))  # a data folder where nothing was trained yet
+    with pytest.raises(SystemExit, match="no adapter 'all_pairs'.*make demo"):
+        cli.main(["ask", "What is a p-value?", "--adapter", "all_pairs"])
