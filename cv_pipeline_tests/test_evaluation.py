@@ -467,6 +467,33 @@ def test_stream_answer_yields_text(smol_base: Path, smol_adapter: Path) -> None:
     assert "".join(pieces).strip()
 
 
+@pytest.mark.slow
+def test_a_reader_that_stops_stops_the_generation(smol_base: Path, smol_adapter: Path, monkeypatch) -> None:
+    """Ctrl-C in `cv-pipeline ask` (or any caller closing the stream) ends generation at the next token instead
+    of letting it run on to max_new_tokens in the background."""
+    from transformers import TextIteratorStreamer
+
+    from cv_pipeline.evaluation.inference import stream_answer
+
+    tokens: list[int] = []
+    put = TextIteratorStreamer.put
+
+    def counting_put(self, value):
+        tokens.append(int(value.numel()))
+        return put(self, value)
+
+    monkeypatch.setattr(TextIteratorStreamer, "put", counting_put)
+    question = "Explain in detail how a t-test works and when to use it."
+    full = list(stream_answer(question, smol_base, smol_adapter, device="cpu", max_new_tokens=30))
+    generated = sum(tokens[1:])  # the first put is the prompt
+    assert generated >= 20, "this question must make the model write on; pick another"
+    tokens.clear()
+    stream = stream_answer(question, smol_base, smol_adapter, device="cpu", max_new_tokens=300)
+    assert next(stream) == full[0]
+    stream.close()  # what Ctrl-C does to the generator in `ask`
+    assert sum(tokens[1:]) <= 5
+
+
 def test_stream_answer_rejects_empty_question(tmp_path: Path) -> None:
     from cv_pipeline.evaluation.inference import stream_answer
 

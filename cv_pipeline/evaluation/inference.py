@@ -19,6 +19,18 @@ def _cached_model(base_dir: str, adapter_dir: str | None, device: str) -> tuple[
     return load_model(base_dir, adapter_dir, device, merge=should_merge("auto", device))
 
 
+def _stop_when_set(event: threading.Event):
+    """A stopping criterion that ends generation once ``event`` is set (transformers imported lazily)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
+
+
 def stream_answer(
     question: str,
     base_dir: Path | str,
@@ -31,7 +43,7 @@ def stream_answer(
 
     ``temperature`` 0 means greedy decoding (reproducible); above 0 samples.
     """
-    from transformers import GenerationConfig, TextIteratorStreamer
+    from transformers import GenerationConfig, StoppingCriteriaList, TextIteratorStreamer
 
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question is empty: pass the text of a question to answer")
@@ -49,10 +61,12 @@ def stream_answer(
     )
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
+    stop = threading.Event()  # set when the caller stops reading (Ctrl-C, or a closed generator)
 
     def _run() -> None:
         try:
-            model.generate(**enc, generation_config=gen_cfg, streamer=streamer)
+            model.generate(**enc, generation_config=gen_cfg, streamer=streamer,
+                           stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]))
         except BaseException as exc:  # handed to the caller's thread below
             failure.append(exc)
             streamer.end()  # unblock the consumer, which would otherwise wait forever
@@ -64,6 +78,7 @@ def stream_answer(
             if piece:
                 yield piece
     finally:
+        stop.set()  # generation ends at its next token instead of running on to max_new_tokens
         worker.join()
     if failure:
         raise RuntimeError(f"generation failed: {failure[0]}") from failure[0]
