@@ -37,6 +37,13 @@ def _definitions(profile: str | None):
     return p, build_definitions(p)
 
 
+def _cli_tags() -> dict[str, str]:
+    """Tags of the runs this command executes in its own process: Ctrl-C or `kill` stops them, not retried."""
+    from cv_pipeline.defs.operations.interrupts import STOP_ON_INTERRUPT
+
+    return {STOP_ON_INTERRUPT: "true"}
+
+
 def run_pipeline(profile: str | None = None, partitions: list[str] | None = None) -> Path:
     """The main job: collect+clean each partition (one run each), then train, evaluate and export."""
     import dagster as dg
@@ -53,9 +60,9 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
             raise SystemExit(f"--partition: {exc}") from None
     collect = defs.resolve_job_def("collect_and_clean")
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
-        collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True)
+        collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True, tags=_cli_tags())
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
-    defs.resolve_job_def("train_and_evaluate").execute_in_process(instance=instance, raise_on_error=True)
+    defs.resolve_job_def("train_and_evaluate").execute_in_process(instance=instance, raise_on_error=True, tags=_cli_tags())
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
@@ -85,16 +92,16 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
 
             for key in tqdm(p.demo_partitions, desc="partitions", unit="partition"):
                 dg.materialize(everything, selection=dg.AssetSelection.assets(*partitioned), partition_key=key,
-                               instance=instance, resources=defs.resources)
+                               instance=instance, resources=defs.resources, tags=_cli_tags())
             if keys - partitioned:
                 dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
-                               instance=instance, resources=defs.resources)
+                               instance=instance, resources=defs.resources, tags=_cli_tags())
             return
     graph = defs.resolve_asset_graph()
     if partition is not None and not any(graph.get(k).is_partitioned for k in dg.AssetSelection.from_string(select).resolve(graph)):
         names = ", ".join(sorted(k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).is_partitioned))
         raise SystemExit(f"--partition {partition}: {select!r} has no partitioned asset (those are {names}); drop --partition")
-    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources)
+    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources, tags=_cli_tags())
 
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:

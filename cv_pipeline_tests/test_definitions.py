@@ -226,3 +226,29 @@ def test_sample_site_source_says_what_it_is():
     with StackExchangeResource(source="sample_site", sample_site_questions=50, sample_site_seed=4).open() as src:
         described = src.describe()
     assert described == "sample_site n=50 seed=4 http://127.0.0.1/2.3 site=stats"
+
+
+def test_an_interrupt_stops_the_step_only_when_a_person_stopped_the_run():
+    """Terminate in the UI (run cancelling) or the command line's runs: a failure the RetryPolicy leaves alone.
+    Any other interrupt (a preempted worker) goes on to the RetryPolicy, which resumes training from a checkpoint."""
+    from types import SimpleNamespace
+
+    import dagster as dg
+    import pytest
+
+    from cv_pipeline.defs.operations.interrupts import STOP_ON_INTERRUPT, stop_when_interrupted
+
+    def context(tags: dict, status) -> SimpleNamespace:
+        run = SimpleNamespace(status=status)
+        return SimpleNamespace(run=SimpleNamespace(tags=tags), run_id="r1",
+                               instance=SimpleNamespace(get_run_by_id=lambda run_id: run))
+
+    for ctx in (context({STOP_ON_INTERRUPT: "true"}, dg.DagsterRunStatus.STARTED),
+                context({}, dg.DagsterRunStatus.CANCELING)):
+        with pytest.raises(dg.Failure, match="so not retried; kept") as failure:
+            with stop_when_interrupted(ctx, "kept"):
+                raise KeyboardInterrupt
+        assert failure.value.allow_retries is False
+    with pytest.raises(KeyboardInterrupt):  # preempted: left to the RetryPolicy
+        with stop_when_interrupted(context({}, dg.DagsterRunStatus.STARTED), "kept"):
+            raise KeyboardInterrupt

@@ -30,7 +30,7 @@ def raw_question_batches(
     out_file = data_dir.raw_batch_file(key)
     started = time.monotonic()
     try:
-        with stop_when_interrupted("the pages fetched so far are kept for the next run"), \
+        with stop_when_interrupted(context, "the pages fetched so far are kept for the next run"), \
                 stackexchange.open(work_dir=data_dir.sub("raw", ".dump")) as source:
             context.log.info(f"collecting ranks {rank_range.start}-{rank_range.stop - 1} from {source.describe()}")
             batch = collect_batch(source, rank_range, out_file, data_dir.sub("raw", ".checkpoints", key), log=context.log)

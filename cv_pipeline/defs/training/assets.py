@@ -74,7 +74,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
             save_steps=config.save_steps, seed=config.seed,
         )
         out_dir = data_dir.sub("adapters", spec.name)
-        with stop_when_interrupted("the next run resumes from the last checkpoint"):
+        with stop_when_interrupted(context, "the next run resumes from the last checkpoint"):
             result = train_adapter(
                 base_model_dir=data_dir.base_model_dir(),
                 train_dataset=train,
