@@ -80,7 +80,7 @@ def write_json(target: Path | str, obj: Any, *, indent: int | None = 1) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
+def exclusive(lock_file: Path) -> Iterator[None]:
     """An inter-process lock (flock): two runs writing the same folder take turns instead of racing."""
     import fcntl
 
@@ -101,7 +101,9 @@ def _ordinary_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~mask)
     for root, dirs, files in os.walk(folder):
         for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            path = os.path.join(root, name)
+            if not os.path.islink(path):  # a link's target lies outside what is published
+                os.chmod(path, 0o777 & ~mask)
         for name in files:
             path = os.path.join(root, name)
             st = os.lstat(path)
@@ -129,7 +131,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.parent / f".{target.name}.old.dirtmp"
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    with exclusive(target.parent / f".{target.name}.lock"):
         _restore_aside(old, target)  # a writer died mid-swap
         for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
             shutil.rmtree(leftover, ignore_errors=True)

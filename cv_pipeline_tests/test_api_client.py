@@ -647,6 +647,11 @@ def test_a_proxy_httpx_cannot_use_is_a_source_error_without_its_password(monkeyp
     with pytest.raises(SourceError, match="HTTPS_PROXY.*http://host:port") as err:
         StackExchangeAPISource(base_url="https://api.stackexchange.com/2.3")
     assert "hunter2" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+    for typo in ("http://user:hunter2@proxy.corp:31 28", "http://user:hunter2@proxy.corp:notaport", "http://[::1"):
+        monkeypatch.setenv("HTTPS_PROXY", typo)  # httpx.InvalidURL, which is no ValueError
+        with pytest.raises(SourceError, match="HTTPS_PROXY") as err:
+            StackExchangeAPISource(base_url="https://api.stackexchange.com/2.3")
+        assert "hunter2" not in str(err.value)
     monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")  # no scheme: taken as http://, as httpx and curl do
     StackExchangeAPISource(base_url="https://api.stackexchange.com/2.3").close()
 

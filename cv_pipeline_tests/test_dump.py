@@ -335,9 +335,13 @@ def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
     with py7zr.SevenZipFile(packed, "w") as archive:
         archive.write(plain, "Posts.xml")
     extract_dir = tmp_path / "extracted"
+    (extract_dir / ".extracting_k1ll3d").mkdir(parents=True)  # what a process killed mid-extraction leaves
+    (extract_dir / ".extracting_k1ll3d" / "Posts.xml").write_text("<posts>")
     source = DumpSource(packed, extract_dir=extract_dir)
     assert all_questions(source) == all_questions(DumpSource(plain))
-    (kept,) = extract_dir.iterdir()  # extracted once, read from there, and kept after close
+    listing = lambda: sorted(p.name for p in extract_dir.iterdir() if p.name != ".lock")  # noqa: E731
+    assert len(listing()) == 1  # the leftover is gone
+    (kept,) = [extract_dir / name for name in listing()]  # extracted once, read from there, and kept after close
     assert source._xml_path == kept / "Posts.xml" and kept.name.startswith(packed.name + "-")
     source.close()
     stamp = (kept / "Posts.xml").stat().st_mtime_ns
@@ -347,8 +351,24 @@ def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
     os.utime(packed, ns=(stamp, stamp + 10**9))  # a new download of the archive is extracted afresh
     with DumpSource(packed, extract_dir=extract_dir) as newer:
         assert all_questions(newer) == all_questions(DumpSource(plain))
-    (fresh,) = extract_dir.iterdir()
+    (fresh,) = [extract_dir / name for name in listing()]
     assert fresh != kept and newer._xml_path == fresh / "Posts.xml"
+
+    # Two processes (here threads: flock excludes each open file) reading a new archive at once: one extracts,
+    # the other waits and reads what it published.
+    import threading
+
+    os.utime(packed, ns=(stamp, stamp + 2 * 10**9))
+    results: list[list] = []
+    sources = [DumpSource(packed, extract_dir=extract_dir) for _ in range(2)]
+    threads = [threading.Thread(target=lambda s=s: results.append(all_questions(s))) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2 and results[0] == results[1] == all_questions(DumpSource(plain))
+    (last,) = [extract_dir / name for name in listing()]
+    assert sources[0]._xml_path == sources[1]._xml_path == last / "Posts.xml"
     with DumpSource(packed) as temporary:  # the default: a temporary folder, removed on close
         assert temporary.fetch_page(1) == DumpSource(plain).fetch_page(1)
         extracted = temporary._xml_path

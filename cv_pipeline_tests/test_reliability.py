@@ -154,6 +154,8 @@ def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
     import torch
     from safetensors.torch import save_file
 
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
     previous = os.umask(0o022)
     try:
         write_text(tmp_path / "batch.json", "{}")
@@ -164,6 +166,7 @@ def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
             (tmp / "sub").mkdir(mode=0o700)
             (tmp / "sub" / "run.sh").write_text("#!/bin/sh\n")
             os.chmod(tmp / "sub" / "run.sh", 0o700)
+            (tmp / "elsewhere").symlink_to(outside, target_is_directory=True)  # a link out is not followed
     finally:
         os.umask(previous)
     mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
@@ -171,6 +174,7 @@ def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
     assert mode(tmp_path / "adapter") == 0o755 == mode(tmp_path / "adapter" / "sub")
     assert mode(tmp_path / "adapter" / "adapter_model.safetensors") == 0o644 == mode(tmp_path / "adapter" / "adapter_config.json")
     assert mode(tmp_path / "adapter" / "sub" / "run.sh") == 0o755  # execute bits kept
+    assert mode(outside) == 0o700
 
 
 def test_a_failed_folder_swap_puts_the_old_folder_back(tmp_path, monkeypatch):

@@ -271,7 +271,7 @@ class StackExchangeAPISource(QuestionSource):
         if transport is None:
             try:
                 transport = httpx.HTTPTransport(proxy=proxy_for(self.base_url))
-            except (ValueError, ImportError) as exc:  # the value itself is not shown: it may hold a password
+            except (ValueError, ImportError, httpx.InvalidURL) as exc:  # the value is not shown: it may hold a password
                 raise SourceError(
                     f"the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {self.base_url} cannot be used "
                     f"({type(exc).__name__}); set it to http://host:port, or name the host in NO_PROXY"

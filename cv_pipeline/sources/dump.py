@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from cv_pipeline.atomic import write_json
+from cv_pipeline.atomic import exclusive, write_json
 from cv_pipeline.partitions import PARTITION_SIZE
 from cv_pipeline.sources.base import QuestionSource, SourceError
 from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage, pick_top_answer
@@ -483,26 +483,34 @@ class DumpSource(QuestionSource):
             if fh.read(6) != b"7z\xbc\xaf\x27\x1c":
                 return None
         try:
-            import py7zr  # optional: only .7z archives need it
+            import py7zr  # noqa: F401  (optional: only .7z archives need it)
         except ImportError:
             raise SourceError(
                 f"{self.path}: a .7z archive, and py7zr is not installed; extract Posts.xml first "
                 "(7z x ARCHIVE Posts.xml) and pass its path, or install py7zr"
             ) from None
+        kept = self._kept_extraction()
+        if kept is None:
+            self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
+            self._xml_path = self._extract(self._own_extract_dir, None)
+            return self._xml_path
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        # One process at a time per extract_dir: a second one waits, then reads what the first published.
+        with exclusive(kept.parent / ".lock"):
+            inner = next((p for p in kept.rglob("*") if p.name.lower() == "posts.xml" and p.is_file()), None)
+            if inner is None:  # not extracted yet (same size and mtime)
+                for leftover in kept.parent.glob(".extracting_*"):  # a process killed while extracting
+                    shutil.rmtree(leftover, ignore_errors=True)
+                inner = self._extract(Path(tempfile.mkdtemp(prefix=".extracting_", dir=kept.parent)), kept)
+        self._xml_path = inner
+        return inner
+
+    def _extract(self, target: Path, kept: Path | None) -> Path:
+        """Extract Posts.xml into ``target``; with ``kept``, publish ``target`` there by one rename."""
+        import py7zr
         import py7zr.exceptions
 
         damaged = (OSError, EOFError, lzma.LZMAError, py7zr.exceptions.Bad7zFile, py7zr.exceptions.CrcError)
-        kept = self._kept_extraction()
-        if kept is not None and kept.is_dir():  # this archive (same size and mtime) was extracted before
-            inner = next((p for p in kept.rglob("*") if p.name.lower() == "posts.xml" and p.is_file()), None)
-            if inner is not None:
-                self._xml_path = inner
-                return inner
-        if kept is not None:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            target = Path(tempfile.mkdtemp(prefix=".extracting_", dir=kept.parent))
-        else:
-            target = self._own_extract_dir = Path(tempfile.mkdtemp(prefix="cv_pipeline_dump_"))
         try:
             with py7zr.SevenZipFile(self.path, mode="r") as archive:
                 member = next((n for n in archive.getnames() if n.rsplit("/", 1)[-1].lower() == "posts.xml"), None)
@@ -510,19 +518,17 @@ class DumpSource(QuestionSource):
                     raise SourceError(f"{self.path}: the .7z archive holds no Posts.xml; {EXPECTED}")
                 archive.extract(path=target, targets=[member])
         except BaseException as exc:
-            if kept is not None:  # never leave a half-extracted Posts.xml to be read
-                shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # never leave a half-extracted Posts.xml to be read
             if isinstance(exc, damaged):
                 raise self._damaged(exc) from exc
             raise
-        if kept is not None:
-            # Published whole, by one rename; older extractions of this archive (another size or mtime) go.
-            for old in kept.parent.glob(f"{self.path.name}-*"):
-                shutil.rmtree(old, ignore_errors=True)
-            target.rename(kept)
-            target = kept
-        self._xml_path = target / member
-        return self._xml_path
+        if kept is None:
+            return target / member
+        # Published whole, by one rename; older extractions of this archive (another size or mtime) go.
+        for old in kept.parent.glob(f"{self.path.name}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        target.rename(kept)
+        return kept / member
 
     def _kept_extraction(self) -> Path | None:
         """Where ``extract_dir`` keeps this archive's Posts.xml between processes (keyed by size and mtime)."""
