@@ -615,3 +615,10 @@ def test_the_collection_asset_ranks_and_extracts_a_7z_dump_once_for_all_partitio
     assert [extracted[0].stat().st_mtime_ns, rankings[0].stat().st_mtime_ns] == stamps
     batch = load_batch(data / "raw" / f"questions_{first}.json")
     assert [(q.question_id, q.top_answer.answer_id) for q in batch.questions] == [(2, 4), (1, 3)]
+
+
+def test_the_same_dump_named_two_ways_is_one_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chat_dataset refuses partitions from two sources: a relative and an absolute path to one dump are one."""
+    path = write_posts(tmp_path / "Posts.xml", [q_row(1, 1)])
+    monkeypatch.chdir(tmp_path)
+    assert DumpSource(Path("Posts.xml")).describe() == DumpSource(path).describe() == f"dump:{path.resolve()} (site stats)"

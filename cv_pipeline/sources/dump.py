@@ -193,7 +193,8 @@ class DumpSource(QuestionSource):
 
     # -- QuestionSource ------------------------------------------------------------------------
     def describe(self) -> str:
-        return f"dump:{self.path} (site {self._site})"
+        # The absolute path: the same dump named relatively in one run and absolutely in another is one source.
+        return f"dump:{self.path.resolve()} (site {self._site})"
 
     def site(self) -> str:
         return self._site
