@@ -59,10 +59,11 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
         except ValueError as exc:
             raise SystemExit(f"--partition: {exc}") from None
     collect = defs.resolve_job_def("collect_and_clean")
+    tags = _cli_tags()
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
-        collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True, tags=_cli_tags())
+        collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True, tags=tags)
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
-    defs.resolve_job_def("train_and_evaluate").execute_in_process(instance=instance, raise_on_error=True, tags=_cli_tags())
+    defs.resolve_job_def("train_and_evaluate").execute_in_process(instance=instance, raise_on_error=True, tags=tags)
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
@@ -81,27 +82,26 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
     p, defs = _definitions(profile)
     everything = [*defs.assets, *defs.asset_checks]
     instance = dg.DagsterInstance.get()
-    if partition is None:
-        graph = defs.resolve_asset_graph()
-        keys = dg.AssetSelection.from_string(select).resolve(graph)
-        partitioned = {k for k in keys if graph.get(k).is_partitioned}
-        if partitioned:
-            # No --partition: one run per partition of the profile for the partitioned assets, then the
-            # rest of the selection once (it reads every partition).
-            from tqdm import tqdm
-
-            for key in tqdm(p.demo_partitions, desc="partitions", unit="partition"):
-                dg.materialize(everything, selection=dg.AssetSelection.assets(*partitioned), partition_key=key,
-                               instance=instance, resources=defs.resources, tags=_cli_tags())
-            if keys - partitioned:
-                dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
-                               instance=instance, resources=defs.resources, tags=_cli_tags())
-            return
+    tags = _cli_tags()
     graph = defs.resolve_asset_graph()
-    if partition is not None and not any(graph.get(k).is_partitioned for k in dg.AssetSelection.from_string(select).resolve(graph)):
+    keys = dg.AssetSelection.from_string(select).resolve(graph)
+    partitioned = {k for k in keys if graph.get(k).is_partitioned}
+    if partition is None and partitioned:
+        # No --partition: one run per partition of the profile for the partitioned assets, then the rest of
+        # the selection once (it reads every partition).
+        from tqdm import tqdm
+
+        for key in tqdm(p.demo_partitions, desc="partitions", unit="partition"):
+            dg.materialize(everything, selection=dg.AssetSelection.assets(*partitioned), partition_key=key,
+                           instance=instance, resources=defs.resources, tags=tags)
+        if keys - partitioned:
+            dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
+                           instance=instance, resources=defs.resources, tags=tags)
+        return
+    if partition is not None and not partitioned:
         names = ", ".join(sorted(k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).is_partitioned))
         raise SystemExit(f"--partition {partition}: {select!r} has no partitioned asset (those are {names}); drop --partition")
-    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources, tags=_cli_tags())
+    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources, tags=tags)
 
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:

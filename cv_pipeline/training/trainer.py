@@ -370,7 +370,7 @@ def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None
 
 
 def _fingerprint(
-    base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool = False
+    base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool
 ) -> str:
     """What must match for a checkpoint to be resumable: base model and its precision, chats, and every
     setting that changes what is learnt (``TrainingHyperparams.resume_key``)."""

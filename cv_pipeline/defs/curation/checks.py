@@ -61,10 +61,11 @@ def cleaned_qa_pairs_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
     # The run's partition when it has one (a partition's run judges that partition only), else every partition.
-    key = context.partition_key if context.has_partition_key else None
-    cleaned = [f for f in [data_dir.cleaned_file(key)] if f.exists()] if key else sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
-    raw = [data_dir.raw_batch_file(key)] if key else None
-    rows = read_cleaned(cleaned)  # read once for all checks
+    if context.has_partition_key:
+        cleaned, raw = [data_dir.cleaned_file(context.partition_key)], [data_dir.raw_batch_file(context.partition_key)]
+    else:
+        cleaned, raw = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet")), None
+    rows = read_cleaned(f for f in cleaned if f.exists())  # read once for all checks
     yield from _run_selected(
         context,
         _CLEANED_ASSET,
@@ -87,7 +88,7 @@ def _raw_questions(data_dir: DataDirResource, files: list[Path] | None = None) -
     from cv_pipeline.collection import load_batch
 
     for raw in files if files is not None else sorted(data_dir.sub("raw").glob("questions_*.json")):
-        if raw.name.endswith(".stats.json") or not raw.exists():  # the run-stats sidecar, not a batch
+        if raw.name.endswith(".stats.json") or not raw.exists():  # a run-stats sidecar, or not collected
             continue
         yield from load_batch(raw).questions
 

@@ -1,5 +1,7 @@
 """Declarative automation: curation follows new raw batches; training follows only real data changes."""
 
+import json
+
 import dagster as dg
 
 _AC = dg.AutomationCondition
@@ -39,8 +41,6 @@ class NewDataToRead(dg.AutomationCondition):
         return "new_data_to_read"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        import json
-
         from dagster._core.definitions.data_version import (
             extract_data_provenance_from_entry,
             extract_data_version_from_entry,
