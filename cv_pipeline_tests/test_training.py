@@ -146,6 +146,68 @@ def test_local_folder_is_validated_and_referenced(tmp_path):
     assert base_model_dir(tmp_path / "unused") == src.resolve()  # but that is where the model is loaded from
 
 
+def test_the_content_hash_sees_a_change_anywhere_in_the_weights(tmp_path, monkeypatch):
+    """A model re-merged into the same folder (same shapes, same size) is a new base model."""
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = _fake_model_dir(tmp_path / "model")
+    weights = src / "model.safetensors"
+
+    def save(middle: float) -> str:  # 3.6 MB: the middle tensor lies outside the first and the last MiB
+        save_file({"a": torch.zeros(300_000), "m": torch.full((300_000,), middle), "z": torch.zeros(300_000)},
+                  str(weights))
+        return validate_model_dir(src).content_hash
+
+    original, size = save(0.0), weights.stat().st_size
+    assert save(0.5) != original and weights.stat().st_size == size
+    assert save(0.0) == original  # the same bytes again: the same model
+
+
+def test_weight_hashes_are_remembered_by_file_identity(tmp_path, monkeypatch):
+    import hashlib
+
+    from cv_pipeline.training import base_model as bm
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(bm, "_known_hashes", {})
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"weights" * 1000)
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    assert bm.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    [(key, _)] = json.loads(bm.hash_cache_file().read_text()).items()
+    # another process: it takes the remembered hash instead of reading the file
+    bm._known_hashes.clear()
+    bm.hash_cache_file().write_text(json.dumps({key: "0" * 64}))
+    assert bm.file_sha256(f) == "0" * 64
+    # a changed file identity is hashed again, and its earlier entry dropped
+    os.utime(f, (1_700_000_100, 1_700_000_100))
+    assert bm.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert key not in json.loads(bm.hash_cache_file().read_text())
+    # a file written just now is hashed every time, never remembered (its timestamp may not move on a rewrite)
+    fresh = tmp_path / "fresh.safetensors"
+    fresh.write_bytes(b"new")
+    bm.file_sha256(fresh)
+    assert not any(k.startswith(str(fresh.resolve())) for k in json.loads(bm.hash_cache_file().read_text()))
+
+
+def test_a_conversion_recorded_under_the_older_hash_is_kept_and_its_hash_updated(tmp_path, monkeypatch):
+    from cv_pipeline.training import base_model as bm
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = _fake_model_dir(tmp_path / "base_model")
+    stamp = {"source": "embedded", "version": bm.CONVERSION_VERSION}
+    (out / bm.INFO_FILE).write_text(json.dumps({**stamp, "content_hash": "f" * 64}))  # scheme 1: no hash_scheme
+    info = bm._valid_cached(out, stamp)
+    assert info is not None  # not converted (or downloaded) again
+    recorded = json.loads((out / bm.INFO_FILE).read_text())
+    assert (recorded["content_hash"], recorded["hash_scheme"]) == (info.content_hash, bm.HASH_SCHEME)
+    # under today's scheme a different hash means the folder changed: prepare it again
+    (out / bm.INFO_FILE).write_text(json.dumps({**recorded, "content_hash": "f" * 64}))
+    assert bm._valid_cached(out, stamp) is None
+
+
 def test_the_base_model_asset_points_every_later_step_at_the_model_it_prepared(tmp_path, monkeypatch):
     """A local folder replaces an earlier embedded conversion (and back): nothing loads a stale model."""
     import dagster as dg

@@ -1,8 +1,10 @@
 """Make the base checkpoint ready once: the embedded SmolLM2 GGUF, a local folder, or a hub id.
 
 Whatever the source, the result is a folder that ``FastLanguageModel.from_pretrained`` loads:
-``config.json``, safetensors weights, a tokenizer and a chat template. Validation reads only
-file headers, so checking a multi-GB model costs milliseconds.
+``config.json``, safetensors weights, a tokenizer and a chat template. Validation reads file
+headers; the model's content hash (its data version) reads each weight file whole once (about 2 GB/s
+here) and then remembers it by file identity (path, size, mtime, inode), so later checks of a
+multi-GB model cost milliseconds.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import struct
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +29,13 @@ INFO_FILE = "base_model_info.json"
 CONVERSION_VERSION = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-_HASH_HEAD_BYTES = 1 << 20
+# 2: every byte of every weight file (1 hashed only each file's first and last MiB, so a model
+# re-merged into the same folder, same shapes, kept its version).
+HASH_SCHEME = 2
+_HASH_CHUNK = 8 << 20
+# A file modified less than this long ago is hashed but not remembered: a rewrite within the same
+# timestamp tick would otherwise keep its old hash (git's "racily clean" problem).
+_RACY_S = 2.0
 
 
 class BaseModelError(RuntimeError):
@@ -171,7 +181,7 @@ def _prepare_embedded(out_dir: Path) -> BaseModelInfo:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info = validate_model_dir(tmp, source=EMBEDDED)
-        write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None})
+        write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None, "hash_scheme": HASH_SCHEME})
     return validate_model_dir(out_dir, source=EMBEDDED)
 
 
@@ -209,7 +219,7 @@ def _prepare_hub(repo_id: str, out_dir: Path) -> BaseModelInfo:
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt"],
             )
             info = validate_model_dir(tmp, source=repo_id)
-            write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None})
+            write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None, "hash_scheme": HASH_SCHEME})
     except BaseModelError:
         raise
     except Exception as exc:  # offline, unreachable, gated, unknown repo: all end the same way for the user
@@ -236,6 +246,11 @@ def _valid_cached(out_dir: Path, stamp: dict) -> BaseModelInfo | None:
         info = validate_model_dir(out_dir, source=stamp["source"])
     except BaseModelError:
         return None  # damaged since: prepare it again
+    if recorded.get("hash_scheme") != HASH_SCHEME:
+        # Recorded under an older hash: nothing to compare with, and the folder validates, so record
+        # today's hash instead of converting or downloading it all again.
+        write_json(info_file, {**recorded, "content_hash": info.content_hash, "hash_scheme": HASH_SCHEME})
+        return info
     return info if info.content_hash == recorded.get("content_hash") else None
 
 
@@ -279,17 +294,58 @@ def _safetensors_numel(path: Path) -> int:
 
 
 def _content_hash(path: Path, weights: list[Path]) -> str:
-    """Cheap fingerprint: config + tokenizer files, and each weight file's name, size, first and last MiB."""
+    """The model's identity: config and tokenizer files, and each weight file's name and full sha256."""
     h = hashlib.sha256()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         f = path / name
         if f.is_file():
             h.update(name.encode() + b"\0" + f.read_bytes())
     for w in weights:
-        size = w.stat().st_size
-        h.update(f"{w.name}\0{size}\0".encode())
-        with open(w, "rb") as fh:
-            h.update(fh.read(_HASH_HEAD_BYTES))
-            fh.seek(max(0, size - _HASH_HEAD_BYTES))
-            h.update(fh.read(_HASH_HEAD_BYTES))
+        h.update(f"{w.name}\0{file_sha256(w)}\0".encode())
     return h.hexdigest()
+
+
+_known_hashes: dict[str, str] = {}
+
+
+def hash_cache_file() -> Path:
+    """Where weight-file hashes are remembered between processes (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cv_pipeline" / "weight_hashes.json"
+
+
+def file_sha256(f: Path) -> str:
+    """sha256 of the file's bytes, read once per file identity (path, size, mtime, inode)."""
+    st = f.stat()
+    path = str(f.resolve())
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    if key in _known_hashes:
+        return _known_hashes[key]
+    cache_file = hash_cache_file()
+    digest = _read_hash_cache(cache_file).get(key)
+    if not (isinstance(digest, str) and len(digest) == 64):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+        digest = h.hexdigest()
+        after = f.stat()
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or time.time() - after.st_mtime < _RACY_S:
+            return digest  # changing under us, or just written: correct now, not safe to remember
+        # Drop the file's earlier versions and files that are gone, so the cache stays small.
+        cache = {k: v for k, v in _read_hash_cache(cache_file).items()
+                 if not k.startswith(path + "|") and os.path.exists(k.split("|", 1)[0])}
+        cache[key] = digest
+        try:
+            write_json(cache_file, cache)
+        except OSError:
+            pass  # a cache that cannot be written costs a re-hash next time, nothing else
+    _known_hashes[key] = digest
+    return digest
+
+
+def _read_hash_cache(cache_file: Path) -> dict[str, str]:
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
