@@ -1,9 +1,10 @@
-"""`cv-pipeline`: what people do without the UI (run the demo, materialise a stage, ask, export, open the UI)."""
+"""`cv-pipeline`: what people do without the UI (run the demo, materialise assets, list them, ask a model, open the UI)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,10 +32,18 @@ def _definitions(profile: str | None):
     if profile:
         os.environ["CV_PIPELINE_PROFILE"] = profile
     from cv_pipeline.defs.project import build_definitions
+
+    p = _profile(profile)
+    return p, build_definitions(p)
+
+
+def _profile(name: str | None):
     from cv_pipeline.profiles import get_profile
 
-    p = get_profile(profile)
-    return p, build_definitions(p)
+    try:
+        return get_profile(name)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _cli_tags() -> dict[str, str]:
@@ -44,7 +53,56 @@ def _cli_tags() -> dict[str, str]:
     return {STOP_ON_INTERRUPT: "true"}
 
 
-def run_pipeline(profile: str | None = None, partitions: list[str] | None = None) -> Path:
+# Dagster's console logger shows the steps' own log lines (progress, counts, warnings) and errors;
+# --verbose adds its DEBUG events (STEP_START, outputs, handled resources, ...).
+_QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+SELECTION_HELP = """asset selections (Dagster's syntax; quote them in a shell):
+  chat_dataset                         one asset
+  raw_question_batches,cleaned_qa_pairs  several assets
+  "+cleaned_qa_pairs"                  an asset and the assets it reads directly
+  "chat_dataset*"                      an asset and everything downstream of it
+  "*adapter_evaluation"                an asset and everything upstream of it
+  "key:chat_dataset or key:base_model" any selection expression
+Partitioned assets (raw_question_batches, cleaned_qa_pairs) run for --partition, or else once for each of
+the profile's partitions, before the rest of the selection. `cv-pipeline list` shows the assets."""
+
+
+def _run(execute, what: str, verbose: bool):
+    """Execute one run in this process; a failed run ends the command with the failing steps' own messages."""
+    result = execute(raise_on_error=False, run_config={} if verbose else _QUIET)
+    if result.success:
+        return result
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            message = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description else data.error.message
+            failures.append(f"  {event.step_key}: {message.strip().splitlines()[-1] if message.strip() else data.error.cls_name}")
+    raise SystemExit("\n".join([f"{what} failed (the Dagster log above has the details):", *failures]))
+
+
+def _report(result) -> None:
+    """What a successful run made, and where it is; the checks that ran."""
+    for event in result.get_asset_materialization_events():
+        path = event.materialization.metadata.get("path")
+        part = f" [{event.partition}]" if event.partition else ""
+        print(f"materialised {event.asset_key.to_user_string()}{part}" + (f" -> {path.value}" if path else ""), flush=True)
+    checks = result.get_asset_check_evaluations()
+    if checks:
+        failed = sorted({f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed})
+        print(f"checks: {len(checks) - len(failed)} of {len(checks)} passed" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+
+
+def _partition(key: str) -> str:
+    try:
+        parse_partition_key(key)
+    except ValueError as exc:
+        raise SystemExit(f"--partition: {exc}") from None
+    return key
+
+
+def run_pipeline(profile: str | None = None, partitions: list[str] | None = None, verbose: bool = False) -> Path:
     """The main job: collect+clean each partition (one run each), then train, evaluate and export."""
     import dagster as dg
     from tqdm import tqdm
@@ -52,18 +110,15 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
     dagster_home()
     p, defs = _definitions(profile)
     instance = dg.DagsterInstance.get()
-    keys = partitions or p.demo_partitions
-    for key in keys:
-        try:
-            parse_partition_key(key)
-        except ValueError as exc:
-            raise SystemExit(f"--partition: {exc}") from None
+    keys = [_partition(k) for k in partitions or p.demo_partitions]
     collect = defs.resolve_job_def("collect_and_clean")
     tags = _cli_tags()
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
-        collect.execute_in_process(instance=instance, partition_key=key, raise_on_error=True, tags=tags)
+        _run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
+             f"collect_and_clean [{key}]", verbose)
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
-    defs.resolve_job_def("train_and_evaluate").execute_in_process(instance=instance, raise_on_error=True, tags=tags)
+    train = defs.resolve_job_def("train_and_evaluate")
+    _run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose)
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
@@ -71,10 +126,30 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
     return report
 
 
-def materialize(select: str, partition: str | None, profile: str | None) -> None:
-    """Materialise a Dagster asset selection (e.g. `chat_dataset`, `chat_dataset+`, `*adapter_evaluation`) with its checks.
+def _resolve(select: str, graph) -> set:
+    """The asset keys of ``select`` (commas join selections, as in `dagster asset materialize --select`)."""
+    import dagster as dg
 
-    Partitioned assets run for ``partition``, or, without one, for each of the profile's partitions.
+    names = ", ".join(sorted(k.to_user_string() for k in graph.materializable_asset_keys))
+    try:
+        parts = [dg.AssetSelection.from_string(part.strip()) for part in select.split(",")]
+        selection = parts[0]
+        for part in parts[1:]:
+            selection = selection | part
+        keys = selection.resolve(graph)
+    except dg.DagsterError as exc:
+        reason = str(exc).split(". ")[0]
+        raise SystemExit(f"{select!r} is not an asset selection here ({reason}).\nAssets: {names}\n\n{SELECTION_HELP}") from None
+    if not keys:
+        raise SystemExit(f"{select!r} selects no asset. Assets: {names}")
+    return keys
+
+
+def materialize(select: str, partition: str | None, profile: str | None, verbose: bool = False) -> None:
+    """Materialise an asset selection (see SELECTION_HELP) with its checks.
+
+    Partitioned assets run for ``partition``, or, without one, for each of the profile's partitions; the rest of
+    the selection runs after them, once.
     """
     import dagster as dg
 
@@ -84,24 +159,47 @@ def materialize(select: str, partition: str | None, profile: str | None) -> None
     instance = dg.DagsterInstance.get()
     tags = _cli_tags()
     graph = defs.resolve_asset_graph()
-    keys = dg.AssetSelection.from_string(select).resolve(graph)
+    keys = _resolve(select, graph)
     partitioned = {k for k in keys if graph.get(k).is_partitioned}
-    if partition is None and partitioned:
-        # No --partition: one run per partition of the profile for the partitioned assets, then the rest of
-        # the selection once (it reads every partition).
-        from tqdm import tqdm
-
-        for key in tqdm(p.demo_partitions, desc="partitions", unit="partition"):
-            dg.materialize(everything, selection=dg.AssetSelection.assets(*partitioned), partition_key=key,
-                           instance=instance, resources=defs.resources, tags=tags)
-        if keys - partitioned:
-            dg.materialize(everything, selection=dg.AssetSelection.assets(*(keys - partitioned)),
-                           instance=instance, resources=defs.resources, tags=tags)
-        return
     if partition is not None and not partitioned:
         names = ", ".join(sorted(k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).is_partitioned))
         raise SystemExit(f"--partition {partition}: {select!r} has no partitioned asset (those are {names}); drop --partition")
-    dg.materialize(everything, selection=select, partition_key=partition, instance=instance, resources=defs.resources, tags=tags)
+    if partition is not None:
+        _partition(partition)
+        if partition not in p.demo_partitions:
+            print(f"note: {partition} is not one of the {p.name} profile's partitions ({', '.join(p.demo_partitions)})",
+                  file=sys.stderr, flush=True)
+
+    def run(selection, key: str | None, what: str) -> None:
+        _report(_run(lambda **kw: dg.materialize(everything, selection=selection, partition_key=key, instance=instance,
+                                                 resources=defs.resources, tags=tags, **kw), what, verbose))
+
+    if not partitioned:
+        run(dg.AssetSelection.assets(*keys), None, select)
+        return
+    # The partitioned assets run once per partition (--partition, else each of the profile's), then the rest of
+    # the selection once: it reads every partition.
+    from tqdm import tqdm
+
+    names = " ".join(sorted(k.to_user_string() for k in partitioned))
+    partition_keys = [partition] if partition else p.demo_partitions
+    for key in tqdm(partition_keys, desc="partitions", unit="partition", disable=len(partition_keys) == 1):
+        run(dg.AssetSelection.assets(*partitioned), key, f"{names} [{key}]")
+    if keys - partitioned:
+        run(dg.AssetSelection.assets(*(keys - partitioned)), None, " ".join(sorted(k.to_user_string() for k in keys - partitioned)))
+
+
+def list_assets(profile: str | None) -> None:
+    """The assets in graph order, which of them are partitioned, and the profile's partition keys."""
+    p, defs = _definitions(profile)
+    graph = defs.resolve_asset_graph()
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        mark = " [partitioned]" if node.is_partitioned else ""
+        print(f"{key.to_user_string()}{mark} - {(node.description or '').splitlines()[0] if node.description else ''}")
+    print(f"\npartitions of the {p.name} profile (--partition): {', '.join(p.demo_partitions)}")
 
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:
@@ -114,28 +212,56 @@ def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) ->
     if adapter and adapter != "base":
         adapter_dir = data / "adapters" / adapter / "adapter"
         if not adapter_dir.exists():
-            raise SystemExit(f"no adapter {adapter!r} at {adapter_dir}: run the pipeline (`make demo`) first")
-    for piece in stream_answer(question, DataDirResource(path=str(data)).base_model_dir(), adapter_dir, device=device, max_new_tokens=max_new_tokens):
+            raise SystemExit(f"no adapter {adapter!r} at {adapter_dir}: train it first (`cv-pipeline demo`, or "
+                             f"`cv-pipeline materialize \"*lora_adapter_{adapter}\"`)")
+    base = DataDirResource(path=str(data)).base_model_dir()
+    if not (base / "config.json").is_file():
+        raise SystemExit(f"no base model at {base}: prepare it first (`cv-pipeline materialize base_model`)")
+    for piece in stream_answer(question, base, adapter_dir, device=device, max_new_tokens=max_new_tokens):
         print(piece, end="", flush=True)
     print()
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, mps, cuda or cuda:N")
+    return text
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__)
-    parser.add_argument("--profile", default=None, help="demo (default) or full; or set CV_PIPELINE_PROFILE")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="run the whole pipeline on the profile (default: demo) and print the report path")
-    d.add_argument("--partition", action="append", help="partition key(s) to collect (default: the profile's)")
-    m = sub.add_parser("materialize", help="materialise a Dagster asset selection (e.g. chat_dataset+), optionally one partition")
-    m.add_argument("select")
-    m.add_argument("--partition")
-    sub.add_parser("list", help="list the assets")
-    a = sub.add_parser("ask", help="stream an answer from the base model or an adapter")
+    parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--profile", default=None, help="demo or full (default: $CV_PIPELINE_PROFILE, else demo)")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,materialize,list,ask,ui}")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", help="also show Dagster's DEBUG events")
+    d = sub.add_parser("demo", parents=[verbose], formatter_class=_Help,
+                       help="run the whole pipeline on the profile (default: demo) and print the report path",
+                       description="Collect and clean each partition, then train both adapters, evaluate and export.")
+    d.add_argument("--partition", action="append", help="a partition key to collect; repeat for several (default: the profile's)")
+    m = sub.add_parser("materialize", parents=[verbose], formatter_class=_Help, epilog=SELECTION_HELP,
+                       help="materialise an asset selection (e.g. chat_dataset, \"chat_dataset*\"), optionally one partition",
+                       description="Materialise the selected assets and run their checks, in this process.")
+    m.add_argument("select", help="an asset selection (examples below)")
+    m.add_argument("--partition", help="one partition key, e.g. 00000-04999 (default: each of the profile's partitions)")
+    sub.add_parser("list", formatter_class=_Help, help="list the assets in graph order and the profile's partitions")
+    a = sub.add_parser("ask", formatter_class=_Help, help="stream an answer from the base model or an adapter",
+                       description="Stream an answer to QUESTION from a trained adapter (or the base model).")
     a.add_argument("question")
     a.add_argument("--adapter", default="top_10k", choices=[*ADAPTER_SPECS, "base"], help="an adapter, or the base model")
-    a.add_argument("--device", default="auto")
-    a.add_argument("--max-new-tokens", type=int, default=256)
-    sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
+    a.add_argument("--device", default="auto", type=_device, help="auto, cpu, mps, cuda or cuda:N")
+    a.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length cap of the answer")
+    sub.add_parser("ui", formatter_class=_Help, help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Started in the background by a script, which ignores SIGINT for its jobs: Dagster's in-process
@@ -143,13 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if args.cmd == "demo":
-        run_pipeline(args.profile, args.partition)
+        run_pipeline(args.profile, args.partition, args.verbose)
     elif args.cmd == "materialize":
-        materialize(args.select, args.partition, args.profile)
+        materialize(args.select, args.partition, args.profile, args.verbose)
     elif args.cmd == "list":
-        _, defs = _definitions(args.profile)
-        for spec in defs.resolve_all_asset_specs():
-            print(spec.key.to_user_string(), "-", (spec.description or "").split("\n")[0])
+        list_assets(args.profile)
     elif args.cmd == "ask":
         ask(args.question, args.adapter, args.device, args.max_new_tokens)
     elif args.cmd == "ui":
@@ -158,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         dagster_home()
         if args.profile:
             os.environ["CV_PIPELINE_PROFILE"] = args.profile
+        _profile(args.profile)  # a misspelt profile is named here, not as a broken code location in the UI
         # dagster dev runs in the repository: pin the data folder this command would use (resolved here).
         os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir())
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1"], cwd=REPO_ROOT)

@@ -15,27 +15,84 @@ def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-m", "cv_pipeline.cli", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_list_shows_every_asset():
-    out = run_cli("list").stdout
-    for name in ("raw_question_batches", "cleaned_qa_pairs", "chat_dataset", "base_model",
-                 "lora_adapter_all_pairs", "lora_adapter_top_10k", "adapter_evaluation", "adapter_exports"):
-        assert name in out
+def test_list_shows_every_asset_in_graph_order_and_the_profiles_partitions():
+    proc = run_cli("list")
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith("partitions")]
+    assert set(names) == {"raw_question_batches", "cleaned_qa_pairs", "chat_dataset", "base_model",
+                          "lora_adapter_all_pairs", "lora_adapter_top_10k", "adapter_evaluation", "adapter_exports"}
+    order = names.index
+    assert order("raw_question_batches") < order("cleaned_qa_pairs") < order("chat_dataset") < order("lora_adapter_top_10k")
+    assert order("base_model") < order("lora_adapter_all_pairs") < order("adapter_evaluation") < order("adapter_exports")
+    assert "raw_question_batches [partitioned]" in proc.stdout and "chat_dataset [partitioned]" not in proc.stdout
+    assert "partitions of the demo profile (--partition): 00000-04999, 05000-09999" in proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr  # no beta or deprecation notice on every command
 
 
-def test_an_unknown_profile_is_a_clear_error():
-    proc = run_cli("--profile", "huge", "list")
-    assert proc.returncode != 0
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_an_unknown_profile_is_a_clear_error(how):
+    if how == "flag":
+        proc = run_cli("--profile", "huge", "list")
+    else:
+        proc = run_cli("list", env_extra={"CV_PIPELINE_PROFILE": "huge"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unknown profile 'huge'" in proc.stderr and "demo" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["materialize", "nosuch_asset"], 1, ["'nosuch_asset' is not an asset selection", "Assets: adapter_evaluation",
+                                              '"chat_dataset*"']),
+        (["materialize", "raw_question_batches cleaned_qa_pairs"], 1, ["is not an asset selection", "several assets"]),
+        (["materialize", "cleaned_qa_pairs", "--partition", "5000-9999"], 1, ["--partition: partition key '5000-9999'"]),
+        (["ask", "q", "--adapter", "base", "--max-new-tokens", "0"], 2, ["--max-new-tokens: must be at least 1, got 0"]),
+        (["ask", "q", "--adapter", "base", "--device", "gpu0"], 2, ["'gpu0' is not auto, cpu, mps, cuda or cuda:N"]),
+        (["ask", "q", "--adapter", "base"], 1, ["no base model at", "cv-pipeline materialize base_model"]),
+        (["ask", "q", "--adapter", "all_pairs"], 1, ["no adapter 'all_pairs'", 'materialize "*lora_adapter_all_pairs"']),
+    ],
+)
+def test_a_mistake_is_one_clear_message_not_a_traceback(tmp_path, args, code, says):
+    proc = run_cli(*args, env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")})
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for text in says:
+        assert text in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "data" / "raw").exists()  # refused before anything ran
+
+
+def test_a_failed_run_ends_with_the_steps_own_message(tmp_path):
+    """The reason a step failed is the last thing printed, not somewhere in the middle of Dagster's log."""
+    proc = run_cli("materialize", "chat_dataset",
+                   env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 1
+    tail = proc.stderr.strip().splitlines()[-2:]
+    assert tail[0] == "chat_dataset failed (the Dagster log above has the details):", proc.stderr[-2000:]
+    assert tail[1].startswith("  chat_dataset: no cleaned pairs found: materialise cleaned_qa_pairs")
+    assert "STEP_START" not in proc.stderr  # Dagster's DEBUG events only with --verbose
+
+
 def test_materialize_one_partition_from_the_command_line(tmp_path):
+    """Assets named with commas (as `dagster asset materialize --select` takes them), one partition: the
+    partitioned assets run for it, then the dataset over what is there."""
     proc = run_cli(
-        "materialize", "raw_question_batches", "--partition", "05000-09999",
+        "materialize", "raw_question_batches,cleaned_qa_pairs,chat_dataset", "--partition", "05000-09999",
         env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "data" / "raw" / "questions_05000-09999.json").exists()
+    data = tmp_path / "data"
+    raw, cleaned = data / "raw" / "questions_05000-09999.json", data / "cleaned" / "pairs_05000-09999.parquet"
+    assert raw.exists() and cleaned.exists() and (data / "chat_dataset" / "hf").is_dir()
     assert (tmp_path / "home" / "dagster.yaml").exists()  # the project's instance settings were used
+    # what was made and where, and the checks, printed at the end
+    assert proc.stdout.splitlines() == [
+        f"materialised raw_question_batches [05000-09999] -> {raw}",
+        f"materialised cleaned_qa_pairs [05000-09999] -> {cleaned}",
+        "checks: 3 of 3 passed",
+        f"materialised chat_dataset -> {data / 'chat_dataset'}",
+        "checks: 4 of 4 passed",
+    ]
+    # the dataset says that the demo's other partition is not in it
+    assert "partition(s) 00000-04999 are not cleaned yet" in proc.stderr
 
 
 @pytest.mark.parametrize("bad", ["99999-99999", "5000-9999"])
@@ -113,7 +170,7 @@ def test_sigterm_stops_a_run_started_in_the_background_by_a_script(tmp_path):
     log = tmp_path / "cli.log"
     env = {**os.environ, "CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cv_pipeline.cli", "materialize", "raw_question_batches"],
+        proc = subprocess.Popen([sys.executable, "-m", "cv_pipeline.cli", "materialize", "raw_question_batches", "--verbose"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:

@@ -1,6 +1,7 @@
 """Declarative automation: curation follows new raw batches; training follows only real data changes."""
 
 import json
+import warnings
 
 import dagster as dg
 
@@ -80,11 +81,15 @@ RETRAIN_ON_NEW_DATA = (
     & ~_AC.any_deps_in_progress()
 ).with_label("retrain_on_new_data")
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    name="cv_pipeline_automation",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    # NewDataToRead is Python the daemon cannot deserialise: the code location evaluates the conditions.
-    use_user_code_server=True,
-)
+with warnings.catch_warnings():
+    # use_user_code_server is in beta: chosen knowingly (and tested under `dagster dev`), so its warning is
+    # not printed by every process that loads these definitions.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        name="cv_pipeline_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        # NewDataToRead is Python the daemon cannot deserialise: the code location evaluates the conditions.
+        use_user_code_server=True,
+    )
