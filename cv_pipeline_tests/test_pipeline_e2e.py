@@ -55,6 +55,9 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
     assert all(v for k, v in checks.items() if k != "adapters_beat_base"), checks  # 2 steps cannot promise that
     assert {"chat_roles_alternate", "chat_splits_disjoint", "cleaned_has_no_markup"} <= set(checks)
 
+    # one of the demo's two partitions was collected: the dataset says which one is missing
+    assert _md(rest, "chat_dataset")["partitions_missing"] == ["05000-09999"]
+
     adapter = _md(rest, "lora_adapter_top_10k")
     assert adapter["steps"] == 2 and adapter["train_tokens"] > 0 and adapter["tokens_per_s"] > 0
     assert adapter["loss_curve"].startswith("![loss.png](data:image/png;base64,")

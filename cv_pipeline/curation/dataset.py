@@ -212,7 +212,13 @@ def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -
         dd = datasets.DatasetDict({name: _to_hf(rows) for name, rows in parts.items()})
         # An empty split (a zero fraction, a tiny corpus) would be saved as no shard at all, which
         # load_from_disk cannot read back (it then fails for every split): give it one empty shard.
-        dd.save_to_disk(str(tmp / "hf"), num_shards={name: 1 for name, rows in parts.items() if not rows})
+        quiet = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # seconds of work: its bars (one per split) only bury the asset's log
+        try:
+            dd.save_to_disk(str(tmp / "hf"), num_shards={name: 1 for name, rows in parts.items() if not rows})
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
         for name, rows in parts.items():
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
                 for row in rows:

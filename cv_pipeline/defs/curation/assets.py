@@ -80,6 +80,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
         deps=[cleaned_qa_pairs],
         code_version="2",  # 2: de-duplication by question text across partitions; answer licence and link
         automation_condition=FOLLOW_ANY_PARTITION,
+        op_tags=CPU_STEP,
         group_name="curation",
         kinds={"python", "huggingface"},
         description="All cleaned partitions merged into chat messages, split train/validation/test, plus the top-N subset.",
@@ -95,6 +96,12 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
             source = check_one_source(cleaned_sources(files))
         except ValueError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
+        missing = [k for k in profile.demo_partitions if not data_dir.cleaned_file(k).exists()]
+        if missing:
+            context.log.warning(
+                f"building from {len(files)} cleaned partition(s): the {profile.name} profile's partition(s) {', '.join(missing)} are "
+                "not cleaned yet; materialise cleaned_qa_pairs for them (and this asset again) to include them"
+            )
         ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
         out = data_dir.sub("chat_dataset")
         save_chat_dataset(ds, out, source=f"{source}; partitions {', '.join(f.stem for f in files)}")
@@ -104,6 +111,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                 "dagster/row_count": sum(len(v) for v in ds.splits.values()),
                 **{f"split/{k}": v for k, v in ds.counts.items()},
                 "partitions": len(files),
+                "partitions_missing": dg.MetadataValue.json(missing),
                 "data_version": ds.data_version,
                 "path": dg.MetadataValue.path(str(out)),
                 "lengths": image(out / "lengths.png"),
