@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from cv_pipeline.defs.metadata import image
-from cv_pipeline.defs.operations.k8s import GPU_STEP
+from cv_pipeline.defs.operations.k8s import EXPORT_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.evaluation import MergeMode
 from cv_pipeline.profiles import Profile
@@ -79,6 +79,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         group_name="evaluation",
         code_version="1",
         kinds={"safetensors", "ollama"},
+        op_tags=EXPORT_STEP,
         description="Per adapter: merged 16-bit weights, an Ollama Modelfile and a GGUF LoRA adapter.",
     )
     def adapter_exports(context: dg.AssetExecutionContext, data_dir: DataDirResource) -> dg.MaterializeResult:

@@ -1,4 +1,4 @@
-"""Kubernetes placement: GPU requests on training/evaluation steps, CPU nodes for collection and curation.
+"""Kubernetes placement of every step: GPUs for training and evaluation, CPU nodes for the rest.
 
 The tags are inert on one machine; with `CV_PIPELINE_EXECUTOR=k8s` each step runs as its own pod
 (`k8s_job_executor`) and these tags become the pod's resources and node selection.
@@ -23,12 +23,20 @@ GPU_STEP = {
     }
 }
 
-CPU_STEP = {
-    "dagster-k8s/config": {
-        "container_config": {"resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}},
-        "pod_spec_config": {"node_selector": {"cv-pipeline/node-pool": "cpu"}},
+
+def _cpu_step(cpu: str, memory: str, limit: str) -> dict:
+    return {
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": limit}}},
+            "pod_spec_config": {"node_selector": {"cv-pipeline/node-pool": "cpu"}},
+        }
     }
-}
+
+
+# Collection, cleaning, the chat dataset, the base model's download (or conversion) and hash.
+CPU_STEP = _cpu_step("1", "4Gi", "8Gi")
+# Export merges each adapter into 16-bit base weights on the CPU: a 3B model is 6.4 GB, held twice while saving.
+EXPORT_STEP = _cpu_step("2", "16Gi", "24Gi")
 
 
 def executor():

@@ -8,7 +8,7 @@ from pydantic import Field
 from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.automation import RETRAIN_ON_NEW_DATA
 from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
-from cv_pipeline.defs.operations.k8s import GPU_STEP
+from cv_pipeline.defs.operations.k8s import CPU_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.defs.training.settings import training_settings_for
 from cv_pipeline.profiles import Profile
@@ -21,7 +21,7 @@ def build_base_model_asset(profile: Profile) -> dg.AssetsDefinition:
     class BaseModelSettings(dg.Config):
         source: str = Field(profile.base_model, description="'embedded', a hub id, or a local folder with the model.")
 
-    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "safetensors"},
+    @dg.asset(group_name="training", code_version="1", kinds={"pytorch", "safetensors"}, op_tags=CPU_STEP,
               description="The base checkpoint, made ready once as safetensors + tokenizer + chat template.")
     def base_model(context: dg.AssetExecutionContext, config: BaseModelSettings, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.training.base_model import prepare_base_model
