@@ -69,17 +69,18 @@ the profile's partitions, before the rest of the selection. `cv-pipeline list` s
 
 
 def _run(execute, what: str, verbose: bool):
-    """Execute one run in this process; a failed run ends the command with the failing steps' own messages."""
-    result = execute(raise_on_error=False, run_config={} if verbose else _QUIET)
-    if result.success:
-        return result
-    failures = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            message = data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description else data.error.message
-            failures.append(f"  {event.step_key}: {message.strip().splitlines()[-1] if message.strip() else data.error.cls_name}")
-    raise SystemExit("\n".join([f"{what} failed (the Dagster log above has the details):", *failures]))
+    """Execute one run in this process; it stops at the first failure (an interrupt included), and the command
+    ends with the failure's own message: the Dagster log above it has the stack trace (``--verbose`` re-raises)."""
+    import dagster as dg
+
+    try:
+        return execute(raise_on_error=True, run_config={} if verbose else _QUIET)
+    except Exception as exc:
+        if verbose:
+            raise
+        message = exc.description or str(exc) if isinstance(exc, dg.Failure) else f"{type(exc).__name__}: {exc}"
+        lines = [f"  {line}" for line in message.strip().splitlines()[:6]]
+        raise SystemExit("\n".join([f"{what} failed (the Dagster log above has the details):", *lines])) from None
 
 
 def _report(result) -> None:
@@ -223,7 +224,10 @@ def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) ->
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -268,15 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         # execution hands SIGTERM to SIGINT's handler, so `kill` would be ignored too. Stop on both.
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    if args.cmd == "demo":
-        run_pipeline(args.profile, args.partition, args.verbose)
-    elif args.cmd == "materialize":
-        materialize(args.select, args.partition, args.profile, args.verbose)
-    elif args.cmd == "list":
-        list_assets(args.profile)
-    elif args.cmd == "ask":
-        ask(args.question, args.adapter, args.device, args.max_new_tokens)
-    elif args.cmd == "ui":
+    try:
+        if args.cmd == "demo":
+            run_pipeline(args.profile, args.partition, args.verbose)
+        elif args.cmd == "materialize":
+            materialize(args.select, args.partition, args.profile, args.verbose)
+        elif args.cmd == "list":
+            list_assets(args.profile)
+        elif args.cmd == "ask":
+            ask(args.question, args.adapter, args.device, args.max_new_tokens)
+    except KeyboardInterrupt:  # outside a step (inside one, the run fails with its own message)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    if args.cmd == "ui":
         from cv_pipeline.profiles import default_data_dir
 
         dagster_home()

@@ -46,6 +46,7 @@ def test_an_unknown_profile_is_a_clear_error(how):
         (["materialize", "raw_question_batches cleaned_qa_pairs"], 1, ["is not an asset selection", "several assets"]),
         (["materialize", "cleaned_qa_pairs", "--partition", "5000-9999"], 1, ["--partition: partition key '5000-9999'"]),
         (["ask", "q", "--adapter", "base", "--max-new-tokens", "0"], 2, ["--max-new-tokens: must be at least 1, got 0"]),
+        (["ask", "q", "--adapter", "base", "--max-new-tokens", "ten"], 2, ["--max-new-tokens: 'ten' is not a whole number"]),
         (["ask", "q", "--adapter", "base", "--device", "gpu0"], 2, ["'gpu0' is not auto, cpu, mps, cuda or cuda:N"]),
         (["ask", "q", "--adapter", "base"], 1, ["no base model at", "cv-pipeline materialize base_model"]),
         (["ask", "q", "--adapter", "all_pairs"], 1, ["no adapter 'all_pairs'", 'materialize "*lora_adapter_all_pairs"']),
@@ -67,8 +68,48 @@ def test_a_failed_run_ends_with_the_steps_own_message(tmp_path):
     assert proc.returncode == 1
     tail = proc.stderr.strip().splitlines()[-2:]
     assert tail[0] == "chat_dataset failed (the Dagster log above has the details):", proc.stderr[-2000:]
-    assert tail[1].startswith("  chat_dataset: no cleaned pairs found: materialise cleaned_qa_pairs")
+    assert tail[1].startswith("  no cleaned pairs found: materialise cleaned_qa_pairs")
     assert "STEP_START" not in proc.stderr  # Dagster's DEBUG events only with --verbose
+
+
+def test_a_step_that_raises_an_error_of_its_own_ends_with_that_error(tmp_path):
+    """Not only dg.Failure: any exception a step raises is what the command ends with (here the full profile's
+    base model, which cannot be downloaded offline)."""
+    proc = run_cli("--profile", "full", "materialize", "base_model",
+                   env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home"),
+                              "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    tail = proc.stderr[proc.stderr.rindex("base_model failed"):]
+    assert "BaseModelError: could not download base model 'unsloth/Llama-3.2-3B-Instruct'" in tail, proc.stderr[-2000:]
+
+
+def test_an_interrupt_stops_the_whole_run_not_only_its_step(tmp_path):
+    """Ctrl-C while one adapter trains must not go on to train the other (they do not depend on each other)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import dagster as dg
+
+    from cv_pipeline import cli
+    from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
+
+    @dg.asset
+    def a_training(context):  # no annotations: this module has `from __future__ import annotations`
+        with stop_when_interrupted(context, "its checkpoints are kept"):
+            time.sleep(30)
+
+    @dg.asset
+    def b_training():
+        (tmp_path / "b_ran").touch()
+
+    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(SystemExit) as stop:
+        cli._run(lambda **kw: dg.materialize([a_training, b_training], instance=dg.DagsterInstance.ephemeral(),
+                                             tags=cli._cli_tags(), **kw), "train", verbose=False)
+    assert "train failed" in str(stop.value) and "interrupted" in str(stop.value) and "its checkpoints are kept" in str(stop.value)
+    assert not (tmp_path / "b_ran").exists()
 
 
 def test_materialize_one_partition_from_the_command_line(tmp_path):
