@@ -151,7 +151,7 @@ def test_the_content_hash_sees_a_change_anywhere_in_the_weights(tmp_path, monkey
     import torch
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("cv_pipeline.training.base_model._known_hashes", {})
     src = _fake_model_dir(tmp_path / "model")
     weights = src / "model.safetensors"
 
@@ -170,42 +170,96 @@ def test_weight_hashes_are_remembered_by_file_identity(tmp_path, monkeypatch):
 
     from cv_pipeline.training import base_model as bm
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(bm, "_known_hashes", {})
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"weights" * 1000)
     os.utime(f, (1_700_000_000, 1_700_000_000))
+    cache = bm.hash_cache_file(tmp_path)
+    assert cache == tmp_path / bm.HASH_CACHE_FILE  # beside the weights: every process that sees them shares it
     assert bm.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
-    [(key, _)] = json.loads(bm.hash_cache_file().read_text()).items()
+    [(key, _)] = json.loads(cache.read_text()).items()
     # another process: it takes the remembered hash instead of reading the file
     bm._known_hashes.clear()
-    bm.hash_cache_file().write_text(json.dumps({key: "0" * 64}))
+    cache.write_text(json.dumps({key: "0" * 64}))
     assert bm.file_sha256(f) == "0" * 64
-    # a changed file identity is hashed again, and its earlier entry dropped
-    os.utime(f, (1_700_000_100, 1_700_000_100))
-    assert bm.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
-    assert key not in json.loads(bm.hash_cache_file().read_text())
+    # rewritten in place with the same size and its old mtime put back (cp -p, rsync -t): hashed again
+    bm._known_hashes.clear()
+    f.write_bytes(b"WEIGHTS" * 1000)
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    assert bm.file_sha256(f) == hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
+    assert key not in json.loads(cache.read_text())  # and the earlier entry is dropped
     # a file written just now is hashed every time, never remembered (its timestamp may not move on a rewrite)
     fresh = tmp_path / "fresh.safetensors"
     fresh.write_bytes(b"new")
     bm.file_sha256(fresh)
-    assert not any(k.startswith(str(fresh.resolve())) for k in json.loads(bm.hash_cache_file().read_text()))
+    assert not any(k.startswith(str(fresh.resolve())) for k in json.loads(cache.read_text()))
 
 
-def test_a_conversion_recorded_under_the_older_hash_is_kept_and_its_hash_updated(tmp_path, monkeypatch):
+def test_a_read_only_model_folder_keeps_its_hashes_in_the_user_cache(tmp_path, monkeypatch):
     from cv_pipeline.training import base_model as bm
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(bm.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert bm.hash_cache_file(tmp_path / "model") == tmp_path / "xdg" / "cv_pipeline" / "weight_hashes.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(bm.Path, "home", staticmethod(no_home))
+    assert bm.hash_cache_file(tmp_path / "model") is None  # nowhere to keep them: hashed each time, no error
+
+
+def test_what_an_earlier_version_recorded_under_the_older_hash_still_counts(tmp_path):
+    """Conversions, adapters and checkpoints recorded with the first-and-last-MiB hash are not thrown away."""
+    from cv_pipeline.evaluation.evaluator import AdapterMismatchError, check_adapter_base
+    from cv_pipeline.training import base_model as bm
+    from cv_pipeline.training.trainer import _resume_point
+
     out = _fake_model_dir(tmp_path / "base_model")
+    legacy = bm.legacy_content_hash(out)
+    # a conversion: kept (not converted or downloaded again) and its info file upgraded
     stamp = {"source": "embedded", "version": bm.CONVERSION_VERSION}
-    (out / bm.INFO_FILE).write_text(json.dumps({**stamp, "content_hash": "f" * 64}))  # scheme 1: no hash_scheme
+    (out / bm.INFO_FILE).write_text(json.dumps({**stamp, "content_hash": legacy}))
     info = bm._valid_cached(out, stamp)
-    assert info is not None  # not converted (or downloaded) again
+    assert info is not None and info.content_hash != legacy
     recorded = json.loads((out / bm.INFO_FILE).read_text())
     assert (recorded["content_hash"], recorded["hash_scheme"]) == (info.content_hash, bm.HASH_SCHEME)
-    # under today's scheme a different hash means the folder changed: prepare it again
-    (out / bm.INFO_FILE).write_text(json.dumps({**recorded, "content_hash": "f" * 64}))
+    # ... unless the folder no longer matches what was recorded: prepared again
+    (out / bm.INFO_FILE).write_text(json.dumps({**stamp, "content_hash": "f" * 64}))
     assert bm._valid_cached(out, stamp) is None
+    # an adapter whose summary records the older hash of this base is accepted; another base's is not
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "somewhere/else"}))
+    for recorded_hash, fits in ((legacy, True), (info.content_hash, True), ("e" * 64, False)):
+        (adapter / "training_summary.json").write_text(json.dumps({"base_model_hash": recorded_hash}))
+        if fits:
+            check_adapter_base(out, adapter)
+        else:
+            with pytest.raises(AdapterMismatchError):
+                check_adapter_base(out, adapter)
+    # checkpoints stamped with the run's fingerprint over the older hash resume
+    ckpt = tmp_path / "checkpoints"
+    assert _resume_point(ckpt, "fingerprint-over-legacy-hash", lambda _m: None) is None
+    (ckpt / "checkpoint-3").mkdir()
+    (ckpt / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
+    assert _resume_point(ckpt, "fingerprint-now", lambda _m: None, also="fingerprint-over-legacy-hash") == ckpt / "checkpoint-3"
+
+
+def test_the_fingerprint_over_each_base_hash_is_the_one_computed_alone():
+    from datasets import Dataset
+
+    from cv_pipeline.training.trainer import _fingerprint
+
+    chats = Dataset.from_list([{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                               for i in range(2500)])
+    hp = TrainingHyperparams()
+    both = _fingerprint(["new", "old"], chats, hp, LoraHyperparams(), False)
+    assert both == [_fingerprint(["new"], chats, hp, LoraHyperparams(), False)[0],
+                    _fingerprint(["old"], chats, hp, LoraHyperparams(), False)[0]]
+    assert both[0] != both[1]
+    assert _fingerprint(["new"], chats.select(range(2499)), hp, LoraHyperparams(), False)[0] != both[0]
 
 
 def test_the_base_model_asset_points_every_later_step_at_the_model_it_prepared(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Whatever the source, the result is a folder that ``FastLanguageModel.from_pretrained`` loads:
 ``config.json``, safetensors weights, a tokenizer and a chat template. Validation reads file
 headers; the model's content hash (its data version) reads each weight file whole once (about 2 GB/s
-here) and then remembers it by file identity (path, size, mtime, inode), so later checks of a
+here) and then remembers it by file identity (path, inode, size, mtime, ctime), so later checks of a
 multi-GB model cost milliseconds.
 """
 
@@ -247,8 +247,10 @@ def _valid_cached(out_dir: Path, stamp: dict) -> BaseModelInfo | None:
     except BaseModelError:
         return None  # damaged since: prepare it again
     if recorded.get("hash_scheme") != HASH_SCHEME:
-        # Recorded under an older hash: nothing to compare with, and the folder validates, so record
-        # today's hash instead of converting or downloading it all again.
+        # Recorded under the older hash: when the folder still matches it, record today's hash instead of
+        # converting or downloading it all again.
+        if recorded.get("content_hash") != legacy_content_hash(out_dir):
+            return None
         write_json(info_file, {**recorded, "content_hash": info.content_hash, "hash_scheme": HASH_SCHEME})
         return info
     return info if info.content_hash == recorded.get("content_hash") else None
@@ -295,52 +297,94 @@ def _safetensors_numel(path: Path) -> int:
 
 def _content_hash(path: Path, weights: list[Path]) -> str:
     """The model's identity: config and tokenizer files, and each weight file's name and full sha256."""
-    h = hashlib.sha256()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        f = path / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + f.read_bytes())
+    h = _hash_small_files(path)
     for w in weights:
         h.update(f"{w.name}\0{file_sha256(w)}\0".encode())
     return h.hexdigest()
 
 
+def _hash_small_files(path: Path):
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        f = path / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h
+
+
+def legacy_content_hash(path: Path | str) -> str:
+    """Hash scheme 1 (each weight file's name, size, first and last MiB), only to recognise what an earlier
+    version recorded: a conversion's info file, an adapter's training summary, a checkpoint's fingerprint."""
+    path = Path(path)
+    h = _hash_small_files(path)
+    for w in sorted(path.glob("*.safetensors")):
+        size = w.stat().st_size
+        h.update(f"{w.name}\0{size}\0".encode())
+        with open(w, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def same_model(path: Path | str, recorded: str, current: str) -> bool:
+    """Whether a recorded content hash (of either scheme) names the model whose hash is now ``current``."""
+    return recorded == current or recorded == legacy_content_hash(path)
+
+
 _known_hashes: dict[str, str] = {}
+HASH_CACHE_FILE = ".cv_pipeline_weight_hashes.json"
 
 
-def hash_cache_file() -> Path:
-    """Where weight-file hashes are remembered between processes (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cv_pipeline" / "weight_hashes.json"
+def hash_cache_file(model_dir: Path) -> Path | None:
+    """Where the hashes of ``model_dir``'s weight files are remembered between processes: in the folder itself
+    when it is writable (so every process and pod that sees the folder shares them), else under
+    ``$XDG_CACHE_HOME`` (or ``~/.cache``); None when there is nowhere to keep them."""
+    if os.access(model_dir, os.W_OK):
+        return model_dir / HASH_CACHE_FILE
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except (RuntimeError, KeyError):  # no home directory
+        return None
+    return root / "cv_pipeline" / "weight_hashes.json"
 
 
 def file_sha256(f: Path) -> str:
-    """sha256 of the file's bytes, read once per file identity (path, size, mtime, inode)."""
-    st = f.stat()
+    """sha256 of the file's bytes, read once per file identity: path, device, inode, size, mtime and ctime
+    (ctime too, as git does: copying with the old mtime, or writing in place and restoring it, moves ctime)."""
     path = str(f.resolve())
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    if key in _known_hashes:
-        return _known_hashes[key]
-    cache_file = hash_cache_file()
-    digest = _read_hash_cache(cache_file).get(key)
-    if not (isinstance(digest, str) and len(digest) == 64):
+    for _ in range(3):
+        st = f.stat()
+        key = f"{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+        if key in _known_hashes:
+            return _known_hashes[key]
+        cache_file = hash_cache_file(f.parent)
+        digest = _read_hash_cache(cache_file).get(key) if cache_file else None
+        if isinstance(digest, str) and len(digest) == 64:
+            _known_hashes[key] = digest
+            return digest
         h = hashlib.sha256()
         with open(f, "rb") as fh:
             while chunk := fh.read(_HASH_CHUNK):
                 h.update(chunk)
-        digest = h.hexdigest()
         after = f.stat()
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or time.time() - after.st_mtime < _RACY_S:
-            return digest  # changing under us, or just written: correct now, not safe to remember
-        # Drop the file's earlier versions and files that are gone, so the cache stays small.
-        cache = {k: v for k, v in _read_hash_cache(cache_file).items()
-                 if not k.startswith(path + "|") and os.path.exists(k.split("|", 1)[0])}
-        cache[key] = digest
-        try:
-            write_json(cache_file, cache)
-        except OSError:
-            pass  # a cache that cannot be written costs a re-hash next time, nothing else
-    _known_hashes[key] = digest
-    return digest
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            continue  # written to while being read: read it again
+        digest = h.hexdigest()
+        if time.time() - after.st_mtime < _RACY_S:
+            return digest  # just written: a rewrite within the same timestamp tick could keep this key
+        if cache_file is not None:
+            # Drop the file's earlier versions and files that are gone, so the cache stays small.
+            cache = {k: v for k, v in _read_hash_cache(cache_file).items()
+                     if not k.startswith(path + "|") and os.path.exists(k.split("|", 1)[0])}
+            cache[key] = digest
+            try:
+                write_json(cache_file, cache)
+            except OSError:
+                pass  # a cache that cannot be written costs a re-hash next time, nothing else
+        _known_hashes[key] = digest
+        return digest
+    raise BaseModelError(f"weights file {f} kept changing while it was read: wait until whatever writes it has finished")
 
 
 def _read_hash_cache(cache_file: Path) -> dict[str, str]:

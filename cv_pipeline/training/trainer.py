@@ -32,7 +32,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from cv_pipeline.atomic import atomic_dir, write_json
-from cv_pipeline.training.base_model import validate_model_dir
+from cv_pipeline.training.base_model import legacy_content_hash, validate_model_dir
 from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
 from cv_pipeline.training.turns import turn_end_ids
@@ -222,8 +222,10 @@ def train_adapter(
         say(f"dropped {dropped} train chats whose prompt alone fills max_seq_length={hparams.max_seq_length}")
 
     ckpt_dir = out_dir / "checkpoints"
-    fingerprint = _fingerprint(base.content_hash, train_dataset, hparams, lora, four_bit)
-    resume = _resume_point(ckpt_dir, fingerprint, say)
+    # The same run as recorded by a version that hashed the base model by its first and last MiB only
+    # (legacy_content_hash) is this run: its checkpoints resume and its adapter is kept.
+    fingerprint, earlier = _fingerprint([base.content_hash, legacy_content_hash(base.path)], train_dataset, hparams, lora, four_bit)
+    resume = _resume_point(ckpt_dir, fingerprint, say, also=earlier)
     # Packing needs attention that respects document boundaries inside one row (varlen flash
     # attention); the CPU path has none, so packed chats would attend to each other there.
     packing = hparams.packing and device.is_cuda
@@ -262,7 +264,7 @@ def train_adapter(
     if state.global_step == progress.initial_step:
         # Resumed at the final step, as a second run with the same settings and data is: nothing was trained
         # now, so the adapter this run already published (and its measurements) stays as it is.
-        published = _published_result(out_dir / "adapter", fingerprint)
+        published = _published_result(out_dir / "adapter", {fingerprint, earlier})
         if published is not None:
             say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
             return published
@@ -357,11 +359,11 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
     return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
 
 
-def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None:
-    """The result recorded with the adapter in ``adapter_dir``, if the run with this fingerprint wrote it."""
+def _published_result(adapter_dir: Path, fingerprints: set[str]) -> TrainResult | None:
+    """The result recorded with the adapter in ``adapter_dir``, if a run with one of these fingerprints wrote it."""
     try:
         summary = json.loads((adapter_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        if summary.get("run_fingerprint") != fingerprint:
+        if summary.get("run_fingerprint") not in fingerprints:
             return None
         names = [f.name for f in fields(TrainResult) if f.name != "adapter_path"]
         return TrainResult(adapter_path=adapter_dir, **{name: summary[name] for name in names})
@@ -370,16 +372,18 @@ def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None
 
 
 def _fingerprint(
-    base_hash: str, train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool
-) -> str:
+    base_hashes: list[str], train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool
+) -> list[str]:
     """What must match for a checkpoint to be resumable: base model and its precision, chats, and every
-    setting that changes what is learnt (``TrainingHyperparams.resume_key``)."""
-    h = hashlib.sha256()
-    h.update(base_hash.encode())
-    h.update(json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode())
-    for batch in train.select_columns(["messages"]).iter(batch_size=1000):
-        h.update(json.dumps(batch["messages"], sort_keys=True).encode())
-    return h.hexdigest()
+    setting that changes what is learnt (``TrainingHyperparams.resume_key``); one fingerprint per base hash
+    given, reading the chats once."""
+    hashes = [hashlib.sha256(b.encode()) for b in base_hashes]
+    settings = json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode()
+    for batch in [settings, *(json.dumps(b["messages"], sort_keys=True).encode()
+                              for b in train.select_columns(["messages"]).iter(batch_size=1000))]:
+        for h in hashes:
+            h.update(batch)
+    return [h.hexdigest() for h in hashes]
 
 
 def _is_complete(checkpoint: Path) -> bool:
@@ -395,8 +399,9 @@ def _is_complete(checkpoint: Path) -> bool:
 _PREVIOUS_SUFFIX = ".previous"
 
 
-def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
-    """The last complete checkpoint of an earlier run of the same training (same fingerprint).
+def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], also: str | None = None) -> Path | None:
+    """The last complete checkpoint of an earlier run of the same training (same fingerprint, or ``also``:
+    the same run's fingerprint as an earlier version recorded it).
 
     Checkpoints of a different run are not resumed but moved aside to ``checkpoints.previous``
     (replacing an older set there), so that changing a setting by mistake loses no trained steps:
@@ -405,7 +410,7 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) 
     """
     stamp = ckpt_dir / FINGERPRINT_FILE
     recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
-    if ckpt_dir.is_dir() and recorded != fingerprint:
+    if ckpt_dir.is_dir() and recorded not in {fingerprint} | ({also} if also else set()):
         aside = ckpt_dir.with_name(ckpt_dir.name + _PREVIOUS_SUFFIX)
         if any(ckpt_dir.glob("checkpoint-*")):
             shutil.rmtree(aside, ignore_errors=True)
