@@ -119,5 +119,5 @@ def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monk
         cli.main(["ask", "What is a p-value?", "--adapter", "nonexistent"])
     assert exited.value.code == 2 and "invalid choice: 'nonexistent'" in capsys.readouterr().err
     monkeypatch.setenv("CV_PIPELINE_DATA_DIR", str(tmp_path))  # a data folder where nothing was trained yet
-    with pytest.raises(SystemExit, match="no adapter 'all_pairs'.*make demo"):
+    with pytest.raises(SystemExit, match=r"no adapter 'all_pairs'.*cv-pipeline demo.*\*lora_adapter_all_pairs"):
         cli.main(["ask", "What is a p-value?", "--adapter", "all_pairs"])
