@@ -205,9 +205,14 @@ def list_assets(profile: str | None) -> None:
 
 def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) -> None:
     from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.evaluation.evaluator import resolve_device
     from cv_pipeline.evaluation.inference import stream_answer
     from cv_pipeline.profiles import default_data_dir
 
+    try:
+        resolve_device(device)  # --device cuda on a machine without one: said before anything else
+    except RuntimeError as exc:
+        raise SystemExit(f"--device: {exc}") from None
     data = default_data_dir()
     adapter_dir = None
     if adapter and adapter != "base":
@@ -239,8 +244,7 @@ def _device(text: str) -> str:
     return text
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+_Help = argparse.RawDescriptionHelpFormatter  # the epilog's examples keep their lines; help texts name their defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="demo or full (default: $CV_PIPELINE_PROFILE, else demo)")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,materialize,list,ask,ui}")
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", help="also show Dagster's DEBUG events")
+    verbose.add_argument("-v", "--verbose", action="store_true", help="also show Dagster's DEBUG events, and a failure's full traceback")
     d = sub.add_parser("demo", parents=[verbose], formatter_class=_Help,
                        help="run the whole pipeline on the profile (default: demo) and print the report path",
                        description="Collect and clean each partition, then train both adapters, evaluate and export.")
@@ -262,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("ask", formatter_class=_Help, help="stream an answer from the base model or an adapter",
                        description="Stream an answer to QUESTION from a trained adapter (or the base model).")
     a.add_argument("question")
-    a.add_argument("--adapter", default="top_10k", choices=[*ADAPTER_SPECS, "base"], help="an adapter, or the base model")
-    a.add_argument("--device", default="auto", type=_device, help="auto, cpu, mps, cuda or cuda:N")
-    a.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length cap of the answer")
+    a.add_argument("--adapter", default="top_10k", choices=[*ADAPTER_SPECS, "base"],
+                   help="an adapter, or the base model (default: top_10k)")
+    a.add_argument("--device", default="auto", type=_device, help="auto, cpu, mps, cuda or cuda:N (default: auto)")
+    a.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length cap of the answer (default: 256)")
     sub.add_parser("ui", formatter_class=_Help, help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

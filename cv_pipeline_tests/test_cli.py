@@ -61,6 +61,16 @@ def test_a_mistake_is_one_clear_message_not_a_traceback(tmp_path, args, code, sa
     assert not (tmp_path / "data" / "raw").exists()  # refused before anything ran
 
 
+def test_asking_for_a_gpu_that_is_not_there_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    proc = run_cli("ask", "q", "--adapter", "base", "--device", "cuda", env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--device: device 'cuda' requested but torch sees no CUDA GPU; use 'auto' or 'cpu'" in proc.stderr
+
+
 def test_a_failed_run_ends_with_the_steps_own_message(tmp_path):
     """The reason a step failed is the last thing printed, not somewhere in the middle of Dagster's log."""
     proc = run_cli("materialize", "chat_dataset",
