@@ -85,10 +85,12 @@ def _run(execute, what: str, verbose: bool):
 
 def _report(result) -> None:
     """What a successful run made, and where it is; the checks that ran."""
+    import dagster as dg
+
     for event in result.get_asset_materialization_events():
-        path = event.materialization.metadata.get("path")
+        paths = [str(v.value) for v in event.materialization.metadata.values() if isinstance(v, dg.PathMetadataValue)]
         part = f" [{event.partition}]" if event.partition else ""
-        print(f"materialised {event.asset_key.to_user_string()}{part}" + (f" -> {path.value}" if path else ""), flush=True)
+        print(f"materialised {event.asset_key.to_user_string()}{part}" + (f" -> {', '.join(paths)}" if paths else ""), flush=True)
     checks = result.get_asset_check_evaluations()
     if checks:
         failed = sorted({f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed})
@@ -115,11 +117,11 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
     collect = defs.resolve_job_def("collect_and_clean")
     tags = _cli_tags()
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
-        _run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
-             f"collect_and_clean [{key}]", verbose)
+        _report(_run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
+                     f"collect_and_clean [{key}]", verbose))
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
     train = defs.resolve_job_def("train_and_evaluate")
-    _run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose)
+    _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose))
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
