@@ -37,6 +37,16 @@ def test_curation_follows_a_rescrape_and_training_never_starts_by_itself(tmp_pat
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert third.get_num_requested(CLEANED) == 0  # requested once, not again on every tick
 
+    # the requested cleaning ran: now the dataset has a partition it has not read
+    everything = [*defs.assets, *defs.asset_checks]
+    assert dg.materialize(everything, selection=[CLEANED], partition_key=PARTITION, resources=defs.resources,
+                          instance=instance).success
+    fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+    assert fourth.get_num_requested(CHAT) == 1 and fourth.get_num_requested(CLEANED) == 0
+    assert dg.materialize(everything, selection=[CHAT], resources=defs.resources, instance=instance).success
+    fifth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor)
+    assert fifth.total_requested == 0  # the dataset read it; the adapters wait for a person (auto_retrain off)
+
 
 def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     import pyarrow as pa
@@ -106,17 +116,19 @@ def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str):
 def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
     """A re-scrape cleans partitions one by one: the last can land while chat_dataset is still running on
     the first. So can a new dataset version while an adapter trains. Neither may be forgotten."""
-    from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, RETRAIN_ON_NEW_DATA
+    from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, RETRAIN_ON_NEW_DATA, read_partitions_metadata
 
     parts = dg.StaticPartitionsDefinition(["00000-04999", "05000-09999"])
-    version = {"chat": "A"}
+    version = {"chat": "A", "00000-04999": "a1", "05000-09999": "b1"}
 
     @dg.asset(partitions_def=parts)
-    def cleaned_qa_pairs() -> None: ...
+    def cleaned_qa_pairs(context) -> dg.Output:
+        return dg.Output(None, data_version=dg.DataVersion(version[context.partition_key]))
 
     @dg.asset(deps=[cleaned_qa_pairs], automation_condition=FOLLOW_ANY_PARTITION)
-    def chat_dataset() -> dg.Output:
-        return dg.Output(None, data_version=dg.DataVersion(version["chat"]))
+    def chat_dataset(context) -> dg.Output:  # records what it reads, as the real asset does
+        read = read_partitions_metadata(context.instance, cleaned_qa_pairs.key, parts.get_partition_keys())
+        return dg.Output(None, data_version=dg.DataVersion(version["chat"]), metadata=read)
 
     @dg.asset(deps=[chat_dataset], automation_condition=RETRAIN_ON_NEW_DATA)
     def lora_adapter() -> None: ...
@@ -138,9 +150,13 @@ def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
 
     assert tick() == {"chat_dataset": 0, "lora_adapter": 0}  # all fresh
     dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="00000-04999")
+    assert tick()["chat_dataset"] == 0  # re-cleaned to the same data version: nothing new to read
+    version["00000-04999"] = "a2"
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="00000-04999")
     assert tick()["chat_dataset"] == 1  # the first re-cleaned partition
     assert tick()["chat_dataset"] == 0  # requested: not again
     chat_run = _start_run(instance, defs, "chat")
+    version["05000-09999"] = "b2"
     dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="05000-09999")  # lands mid-run
     assert tick()["chat_dataset"] == 0  # waits for the run in progress...
     instance.report_run_failed(chat_run)
@@ -155,9 +171,10 @@ def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
     assert tick()["lora_adapter"] == 1  # retrained on the new version once the run is over
     assert tick()["lora_adapter"] == 0
 
-    # A manual run (say `cv-pipeline demo`) builds a new dataset and trains the adapter on it: the adapter has
-    # read the new version, so nothing is left to retrain when the run is over.
-    version["chat"] = "C"
+    # A manual run (say `cv-pipeline demo`) re-cleans a partition, builds a new dataset and trains the adapter
+    # on it: the dataset has read the partition and the adapter the new version, so nothing is left to do.
+    version["00000-04999"], version["chat"] = "a3", "C"
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="00000-04999")
     dg.materialize([cleaned_qa_pairs, chat_dataset, lora_adapter], instance=instance,
                    selection=[chat_dataset, lora_adapter])
     assert tick() == {"chat_dataset": 0, "lora_adapter": 0}

@@ -14,7 +14,7 @@ from cv_pipeline.curation.dataset import (
 )
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
-from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM
+from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM, read_partitions_metadata
 from cv_pipeline.defs.metadata import file_hash, image, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource
@@ -89,6 +89,8 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                      data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.curation.dataset import SplitFractions
 
+        # What is about to be read, recorded before reading it: the automation rebuilds when a partition changes.
+        read = read_partitions_metadata(context.instance, cleaned_qa_pairs.key, question_ranges.get_partition_keys())
         files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
         if not files:
             raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
@@ -112,6 +114,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                 **{f"split/{k}": v for k, v in ds.counts.items()},
                 "partitions": len(files),
                 "partitions_missing": dg.MetadataValue.json(missing),
+                **read,
                 "data_version": ds.data_version,
                 "path": dg.MetadataValue.path(str(out)),
                 "lengths": image(out / "lengths.png"),

@@ -7,58 +7,48 @@ import dagster as dg
 
 _AC = dg.AutomationCondition
 
-# Eager per partition: run once the partition's raw batch updated, never while an upstream or this
-# asset is in progress.
-FOLLOW_UPSTREAM = _AC.eager()
-
-# A signal such as "a dependency updated" is true on one evaluation only. If the asset is in progress
-# on that evaluation it cannot start, so the condition below remembers the signal until the asset is
-# next requested: a partition re-cleaned (or a new dataset version written) while the asset runs is
-# picked up once that run is over. The memory is reset by the request, not by the run's result,
-# because a run that started before the update may not have read it.
-
-# For an asset over *all* partitions: eager() would wait for every one of the 8 partitions to exist,
-# which a demo (2 partitions) never has; follow any updated partition instead.
-FOLLOW_ANY_PARTITION = (
-    _AC.any_deps_updated().since(_AC.newly_requested())
-    & ~_AC.any_deps_in_progress()
-    & ~_AC.in_progress()
-).with_label("follow_any_partition")
+# Both conditions below ask what the asset was built from instead of remembering an event ("a dependency
+# updated"): a signal is true on one evaluation only, and if the asset is in progress then it cannot start,
+# while a run that started before the update may not have read it. Comparing what the asset read with what
+# is there now needs no memory of events: an update that lands while the asset runs is still unread
+# afterwards, and a manual run that already read it leaves nothing to do.
 
 
-class NewDataToRead(dg.AutomationCondition):
-    """True while a dependency's latest data version is not the one this asset's latest materialisation read
-    (Dagster's data provenance, recorded with every materialisation; an asset never made has read nothing),
-    unless a run was already requested for exactly these data versions.
+def _latest_version(instance: dg.DagsterInstance, key: dg.AssetKey, partition_key: str | None = None) -> str | None:
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-    It asks what the asset was built from instead of remembering an event ("a dependency's data version
-    changed"): an adapter that a manual run trained on the new dataset (or the run that built the dataset)
-    has read it, and one whose run started before the dataset changed has not. The versions a request was
-    made for are kept in the cursor, so a training that failed is not requested again on every tick: the
-    next data version, or a manual run, tries again."""
+    record = instance.get_latest_data_version_record(key, partition_key=partition_key)
+    version = extract_data_version_from_entry(record.event_log_entry) if record is not None else None
+    return version.value if version is not None else None
 
-    @property
-    def name(self) -> str:
-        return "new_data_to_read"
+
+READ_PARTITION_VERSIONS = "read_partition_versions"
+
+
+def partition_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition_keys: list[str]) -> dict[str, str]:
+    """The latest data version of each materialised partition of ``key``, as ``"key[partition]"``."""
+    versions = {f"{key.to_user_string()}[{pk}]": _latest_version(instance, key, pk) for pk in partition_keys}
+    return {k: v for k, v in versions.items() if v is not None}
+
+
+def read_partitions_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition_keys: list[str]) -> dict:
+    """Metadata for an asset that reads every partition of ``key``: what it is about to read. Taken before
+    reading, so a partition that lands meanwhile counts as unread (one build too many, never one too few)."""
+    return {READ_PARTITION_VERSIONS: dg.MetadataValue.json(partition_versions(instance, key, partition_keys))}
+
+
+class _UnreadData(dg.AutomationCondition):
+    """True while the dependencies' latest data versions are not the ones this asset's latest materialisation
+    read, unless a run was already requested for exactly these versions. Those are kept in the cursor, so a
+    run that failed is not requested again on every tick: new data, or a manual run, tries again."""
+
+    def versions(self, context: dg.AutomationContext) -> tuple[dict[str, str], dict[str, str]]:
+        """(the dependencies' data versions now, the ones the latest materialisation read)."""
+        raise NotImplementedError
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        from dagster._core.definitions.data_version import (
-            extract_data_provenance_from_entry,
-            extract_data_version_from_entry,
-        )
-
-        instance = context.asset_graph_view.instance
-        current: dict[str, str] = {}
-        for dep in sorted(context.asset_graph.get(context.key).parent_keys):
-            record = instance.get_latest_data_version_record(dep)
-            version = extract_data_version_from_entry(record.event_log_entry) if record is not None else None
-            if version is not None:
-                current[dep.to_user_string()] = version.value
-        latest = instance.get_latest_materialization_event(context.key)
-        provenance = extract_data_provenance_from_entry(latest) if latest is not None else None
-        read = {k.to_user_string(): v.value for k, v in provenance.input_data_versions.items()} if provenance else {}
+        current, read = self.versions(context)
         unread = any(read.get(dep) != version for dep, version in current.items())
-
         previous = json.loads(context.cursor) if context.cursor else {}
         requested_for = previous.get("requested_for")
         last_request = context.get_previous_requested_subset(context.root_context.key)
@@ -67,6 +57,68 @@ class NewDataToRead(dg.AutomationCondition):
         true = unread and current != requested_for
         cursor = json.dumps({"seen": current, "requested_for": requested_for}, sort_keys=True)
         return dg.AutomationResult(context, context.candidate_subset if true else context.get_empty_subset(), cursor=cursor)
+
+
+class NewDataToRead(_UnreadData):
+    """For an unpartitioned asset over unpartitioned dependencies: what it read is Dagster's data provenance,
+    recorded with every materialisation (an asset never made has read nothing). An adapter that a manual run
+    trained on the new dataset (or the run that built the dataset) has read it; one whose run started before
+    the dataset changed has not."""
+
+    @property
+    def name(self) -> str:
+        return "new_data_to_read"
+
+    def versions(self, context: dg.AutomationContext) -> tuple[dict[str, str], dict[str, str]]:
+        from dagster._core.definitions.data_version import extract_data_provenance_from_entry
+
+        instance = context.asset_graph_view.instance
+        current = {}
+        for dep in sorted(context.asset_graph.get(context.key).parent_keys):
+            version = _latest_version(instance, dep)
+            if version is not None:
+                current[dep.to_user_string()] = version
+        latest = instance.get_latest_materialization_event(context.key)
+        provenance = extract_data_provenance_from_entry(latest) if latest is not None else None
+        read = {k.to_user_string(): v.value for k, v in provenance.input_data_versions.items()} if provenance else {}
+        return current, read
+
+
+class NewPartitionsToRead(_UnreadData):
+    """For an asset that reads every partition of its partitioned dependencies: true while a partition's latest
+    data version is not the one the asset recorded reading (``read_partitions_metadata``). Dagster's
+    provenance folds all partitions into one value that cannot be recomputed outside a run, so the asset
+    records them itself. A partition re-made with the same content (the same data version) is not new."""
+
+    @property
+    def name(self) -> str:
+        return "new_partitions_to_read"
+
+    def versions(self, context: dg.AutomationContext) -> tuple[dict[str, str], dict[str, str]]:
+        instance = context.asset_graph_view.instance
+        current: dict[str, str] = {}
+        for dep in sorted(context.asset_graph.get(context.key).parent_keys):
+            node = context.asset_graph.get(dep)
+            if node.partitions_def is not None:
+                keys = node.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+                current.update(partition_versions(instance, dep, keys))
+        latest = instance.get_latest_materialization_event(context.key)
+        recorded = latest.asset_materialization.metadata.get(READ_PARTITION_VERSIONS) if latest is not None else None
+        read = recorded.value if recorded is not None and isinstance(recorded.value, dict) else {}
+        return current, read
+
+
+# Eager per partition: run once the partition's raw batch updated, never while an upstream or this
+# asset is in progress.
+FOLLOW_UPSTREAM = _AC.eager()
+
+# For an asset over *all* partitions: eager() would wait for every one of the 8 partitions to exist,
+# which a demo (2 partitions) never has; follow any partition it has not read instead.
+FOLLOW_ANY_PARTITION = (
+    NewPartitionsToRead()
+    & ~_AC.any_deps_in_progress()
+    & ~_AC.in_progress()
+).with_label("follow_any_partition")
 
 
 # Adapters cost GPU hours: retrain only when the chat dataset's *data version* (its content hash) is one
