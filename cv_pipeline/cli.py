@@ -78,9 +78,33 @@ def _run(execute, what: str, verbose: bool):
     except Exception as exc:
         if verbose:
             raise
-        message = exc.description or str(exc) if isinstance(exc, dg.Failure) else f"{type(exc).__name__}: {exc}"
-        lines = [f"  {line}" for line in message.strip().splitlines()[:6]]
+        lines = [f"  {line}" for line in _failure_message(exc).strip().splitlines()[:6]]
         raise SystemExit("\n".join([f"{what} failed (the Dagster log above has the details):", *lines])) from None
+
+
+def _failure_message(exc: Exception) -> str:
+    """The step's own error: a dg.Failure's description, else the exception; behind a RetryPolicy that gave
+    up, the error of the last try (Dagster raises DagsterMaxRetriesExceededError around it)."""
+    import dagster as dg
+
+    if isinstance(exc, dg.Failure):
+        return exc.description or str(exc)
+    infos = getattr(exc, "user_code_process_error_infos", None)
+    cause = infos[0].cause if infos else None
+    if cause is not None:
+        message = cause.message.strip()
+        if cause.cls_name == "Failure":  # "dagster._core.definitions.events.Failure: <description>"
+            message = message.split(": ", 1)[-1]
+        return f"{message}\n(the step's RetryPolicy gave up: {str(exc).strip()})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM: Python's KeyboardInterrupt, or Dagster's own for an interrupted step."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    errors = sys.modules.get("dagster._core.errors")
+    return errors is not None and isinstance(exc, errors.DagsterExecutionInterruptedError)
 
 
 def _report(result) -> None:
@@ -280,18 +304,24 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     try:
-        if args.cmd == "demo":
-            run_pipeline(args.profile, args.partition, args.verbose)
-        elif args.cmd == "materialize":
-            materialize(args.select, args.partition, args.profile, args.verbose)
-        elif args.cmd == "list":
-            list_assets(args.profile)
-        elif args.cmd == "ask":
-            ask(args.question, args.adapter, args.device, args.max_new_tokens)
-    except KeyboardInterrupt:  # outside a step (inside one, the run fails with its own message)
+        return _dispatch(args)
+    except BaseException as exc:  # Ctrl-C or SIGTERM where no step turned it into a failure of its own
+        if not _interrupted(exc) or getattr(args, "verbose", False):
+            raise
         print("\ninterrupted", file=sys.stderr)
         return 130
-    if args.cmd == "ui":
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "demo":
+        run_pipeline(args.profile, args.partition, args.verbose)
+    elif args.cmd == "materialize":
+        materialize(args.select, args.partition, args.profile, args.verbose)
+    elif args.cmd == "list":
+        list_assets(args.profile)
+    elif args.cmd == "ask":
+        ask(args.question, args.adapter, args.device, args.max_new_tokens)
+    elif args.cmd == "ui":
         from cv_pipeline.profiles import default_data_dir
 
         dagster_home()

@@ -116,7 +116,12 @@ def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str):
 def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
     """A re-scrape cleans partitions one by one: the last can land while chat_dataset is still running on
     the first. So can a new dataset version while an adapter trains. Neither may be forgotten."""
-    from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, RETRAIN_ON_NEW_DATA, read_partitions_metadata
+    from cv_pipeline.defs.operations.automation import (
+        FOLLOW_ANY_PARTITION,
+        RETRAIN_ON_NEW_DATA,
+        partition_versions,
+        read_partitions_metadata,
+    )
 
     parts = dg.StaticPartitionsDefinition(["00000-04999", "05000-09999"])
     version = {"chat": "A", "00000-04999": "a1", "05000-09999": "b1"}
@@ -127,7 +132,8 @@ def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
 
     @dg.asset(deps=[cleaned_qa_pairs], automation_condition=FOLLOW_ANY_PARTITION)
     def chat_dataset(context) -> dg.Output:  # records what it reads, as the real asset does
-        read = read_partitions_metadata(context.instance, cleaned_qa_pairs.key, parts.get_partition_keys())
+        read = read_partitions_metadata(cleaned_qa_pairs.key,
+                                        partition_versions(context.instance, cleaned_qa_pairs.key, parts.get_partition_keys()))
         return dg.Output(None, data_version=dg.DataVersion(version["chat"]), metadata=read)
 
     @dg.asset(deps=[chat_dataset], automation_condition=RETRAIN_ON_NEW_DATA)
@@ -162,6 +168,14 @@ def test_an_update_that_lands_while_the_asset_runs_is_picked_up_after_the_run():
     instance.report_run_failed(chat_run)
     assert tick()["chat_dataset"] == 1  # ...then builds again with the second partition
     assert tick()["chat_dataset"] == 0
+    dg.materialize([cleaned_qa_pairs, chat_dataset], instance=instance, selection=[chat_dataset])
+    assert tick()["chat_dataset"] == 0  # built from both: nothing unread
+    instance.wipe_assets([cleaned_qa_pairs.key])  # the cleaned partitions are wiped; one is made again
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="00000-04999")
+    assert tick()["chat_dataset"] == 1  # a partition it read is gone: rebuilt without it
+    assert tick()["chat_dataset"] == 0
+    dg.materialize([cleaned_qa_pairs], instance=instance, partition_key="05000-09999")
+    dg.materialize([cleaned_qa_pairs, chat_dataset], instance=instance, selection=[chat_dataset])
 
     train_run = _start_run(instance, defs, "train")  # an adapter is training
     version["chat"] = "B"

@@ -93,6 +93,37 @@ def test_a_step_that_raises_an_error_of_its_own_ends_with_that_error(tmp_path):
     assert "BaseModelError: could not download base model 'unsloth/Llama-3.2-3B-Instruct'" in tail, proc.stderr[-2000:]
 
 
+def test_a_step_whose_retries_ran_out_ends_with_its_own_error():
+    """Behind a RetryPolicy Dagster raises 'Exceeded max_retries': the command names the error of the last try."""
+    import dagster as dg
+
+    from cv_pipeline import cli
+
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=1, delay=0))
+    def collect():
+        raise ValueError("HTTP 503 from the API")
+
+    with pytest.raises(SystemExit) as stop:
+        cli._run(lambda **kw: dg.materialize([collect], instance=dg.DagsterInstance.ephemeral(), **kw), "collect", verbose=False)
+    lines = str(stop.value).splitlines()
+    assert lines[:2] == ["collect failed (the Dagster log above has the details):", "  ValueError: HTTP 503 from the API"]
+    assert "RetryPolicy gave up" in lines[2]
+
+
+def test_an_interrupt_outside_the_steps_own_handling_exits_130_without_a_traceback(monkeypatch, capsys):
+    """Dagster's DagsterExecutionInterruptedError is a BaseException, not an Exception or a KeyboardInterrupt."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    from cv_pipeline import cli
+
+    def interrupted(args):
+        raise DagsterExecutionInterruptedError()
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(["list"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_an_interrupt_stops_the_whole_run_not_only_its_step(tmp_path):
     """Ctrl-C while one adapter trains must not go on to train the other (they do not depend on each other)."""
     import os

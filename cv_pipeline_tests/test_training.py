@@ -236,6 +236,8 @@ def test_what_an_earlier_version_recorded_under_the_older_hash_still_counts(tmp_
         (adapter / "training_summary.json").write_text(json.dumps({"base_model_hash": recorded_hash}))
         if fits:
             check_adapter_base(out, adapter)
+            # recorded anew with today's hash, so that a later change anywhere in the weights is seen
+            assert json.loads((adapter / "training_summary.json").read_text())["base_model_hash"] == info.content_hash
         else:
             with pytest.raises(AdapterMismatchError):
                 check_adapter_base(out, adapter)
@@ -245,6 +247,7 @@ def test_what_an_earlier_version_recorded_under_the_older_hash_still_counts(tmp_
     (ckpt / "checkpoint-3").mkdir()
     (ckpt / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     assert _resume_point(ckpt, "fingerprint-now", lambda _m: None, also="fingerprint-over-legacy-hash") == ckpt / "checkpoint-3"
+    assert json.loads((ckpt / "run_fingerprint.json").read_text()) == {"fingerprint": "fingerprint-now"}  # anew
 
 
 def test_the_fingerprint_over_each_base_hash_is_the_one_computed_alone():

@@ -119,6 +119,7 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
     A hub id or a folder that no longer exists cannot be compared here; the shape check in
     :func:`load_model` still catches a different architecture.
     """
+    from cv_pipeline.atomic import write_json
     from cv_pipeline.training.base_model import same_model
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
@@ -134,7 +135,11 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
         expected = summary.get("base_model_hash")
         if expected:
             actual = base_model_hash(base_dir)
-            if not same_model(base_dir, expected, actual):  # either hash scheme: adapters trained before scheme 2 too
+            if expected != actual and same_model(base_dir, expected, actual):
+                # Recorded with the older hash (each file's first and last MiB), which this base still
+                # matches: record today's, so that a later change anywhere in the weights is seen.
+                write_json(summary_path, {**summary, "base_model_hash": actual})
+            elif expected != actual:
                 named = summary.get("base_model_name_or_path") or recorded or "unknown"
                 raise AdapterMismatchError(
                     f"adapter {adapter_dir} was trained on base model {named!r} (hash {expected[:12]}…), "

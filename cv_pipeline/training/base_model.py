@@ -350,12 +350,12 @@ def hash_cache_file(model_dir: Path) -> Path | None:
 
 
 def file_sha256(f: Path) -> str:
-    """sha256 of the file's bytes, read once per file identity: path, device, inode, size, mtime and ctime
+    """sha256 of the file's bytes, read once per file identity: path, inode, size, mtime and ctime
     (ctime too, as git does: copying with the old mtime, or writing in place and restoring it, moves ctime)."""
     path = str(f.resolve())
     for _ in range(3):
         st = f.stat()
-        key = f"{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+        key = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
         if key in _known_hashes:
             return _known_hashes[key]
         cache_file = hash_cache_file(f.parent)
@@ -371,7 +371,7 @@ def file_sha256(f: Path) -> str:
         if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             continue  # written to while being read: read it again
         digest = h.hexdigest()
-        if time.time() - after.st_mtime < _RACY_S:
+        if time.time() - max(after.st_mtime, after.st_ctime) < _RACY_S:
             return digest  # just written: a rewrite within the same timestamp tick could keep this key
         if cache_file is not None:
             # Drop the file's earlier versions and files that are gone, so the cache stays small.

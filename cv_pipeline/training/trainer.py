@@ -264,7 +264,7 @@ def train_adapter(
     if state.global_step == progress.initial_step:
         # Resumed at the final step, as a second run with the same settings and data is: nothing was trained
         # now, so the adapter this run already published (and its measurements) stays as it is.
-        published = _published_result(out_dir / "adapter", {fingerprint, earlier})
+        published = _published_result(out_dir / "adapter", fingerprint, also=earlier)
         if published is not None:
             say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
             return published
@@ -359,11 +359,15 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
     return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
 
 
-def _published_result(adapter_dir: Path, fingerprints: set[str]) -> TrainResult | None:
-    """The result recorded with the adapter in ``adapter_dir``, if a run with one of these fingerprints wrote it."""
+def _published_result(adapter_dir: Path, fingerprint: str, also: str | None = None) -> TrainResult | None:
+    """The result recorded with the adapter in ``adapter_dir``, if the run with this fingerprint wrote it (or
+    with ``also``, the same run's fingerprint as an earlier version recorded it: then it is recorded anew)."""
     try:
         summary = json.loads((adapter_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        if summary.get("run_fingerprint") not in fingerprints:
+        if also is not None and summary.get("run_fingerprint") == also:
+            summary["run_fingerprint"] = fingerprint
+            write_json(adapter_dir / SUMMARY_FILE, summary)
+        if summary.get("run_fingerprint") != fingerprint:
             return None
         names = [f.name for f in fields(TrainResult) if f.name != "adapter_path"]
         return TrainResult(adapter_path=adapter_dir, **{name: summary[name] for name in names})
@@ -419,6 +423,8 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], 
                 f"(moved to {aside}; move them back to resume that run, or delete them)")
         else:
             shutil.rmtree(ckpt_dir)
+    if also is not None and recorded == also:  # the same run, recorded under the older base hash: record it anew
+        write_json(stamp, {"fingerprint": fingerprint})
     while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
         if _is_complete(Path(last)):
             say(f"resuming from {last}")

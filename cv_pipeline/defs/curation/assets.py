@@ -89,9 +89,10 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                      data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.curation.dataset import SplitFractions
 
-        # What is about to be read, recorded before reading it: the automation rebuilds when a partition changes.
-        read = read_partitions_metadata(context.instance, cleaned_qa_pairs.key, question_ranges.get_partition_keys())
         files = sorted(data_dir.sub("cleaned").glob("pairs_*.parquet"))
+        # What is read, by each file's hash (a cleaned partition's data version), taken before reading: the
+        # automation rebuilds when a partition's version is not one of these.
+        read = read_partitions_metadata(cleaned_qa_pairs.key, {f.stem.removeprefix("pairs_"): file_hash(f) for f in files})
         if not files:
             raise dg.Failure("no cleaned pairs found: materialise cleaned_qa_pairs for at least one partition first")
         try:

@@ -17,7 +17,7 @@ _AC = dg.AutomationCondition
 def _latest_version(instance: dg.DagsterInstance, key: dg.AssetKey, partition_key: str | None = None) -> str | None:
     from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-    record = instance.get_latest_data_version_record(key, partition_key=partition_key)
+    record = instance.get_latest_data_version_record(key, is_source=False, partition_key=partition_key)
     version = extract_data_version_from_entry(record.event_log_entry) if record is not None else None
     return version.value if version is not None else None
 
@@ -26,15 +26,19 @@ READ_PARTITION_VERSIONS = "read_partition_versions"
 
 
 def partition_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition_keys: list[str]) -> dict[str, str]:
-    """The latest data version of each materialised partition of ``key``, as ``"key[partition]"``."""
-    versions = {f"{key.to_user_string()}[{pk}]": _latest_version(instance, key, pk) for pk in partition_keys}
-    return {k: v for k, v in versions.items() if v is not None}
+    """The latest data version of each materialised partition of ``key``."""
+    versions = {pk: _latest_version(instance, key, pk) for pk in partition_keys}
+    return {pk: v for pk, v in versions.items() if v is not None}
 
 
-def read_partitions_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition_keys: list[str]) -> dict:
-    """Metadata for an asset that reads every partition of ``key``: what it is about to read. Taken before
-    reading, so a partition that lands meanwhile counts as unread (one build too many, never one too few)."""
-    return {READ_PARTITION_VERSIONS: dg.MetadataValue.json(partition_versions(instance, key, partition_keys))}
+def _qualified(key: dg.AssetKey, versions: dict[str, str]) -> dict[str, str]:
+    return {f"{key.to_user_string()}[{pk}]": v for pk, v in versions.items()}
+
+
+def read_partitions_metadata(key: dg.AssetKey, versions: dict[str, str]) -> dict:
+    """Metadata for an asset that reads every partition of ``key``: the data version of each partition it
+    read (``{partition: version}``, the versions those partitions' materialisations report)."""
+    return {READ_PARTITION_VERSIONS: dg.MetadataValue.json(_qualified(key, versions))}
 
 
 class _UnreadData(dg.AutomationCondition):
@@ -46,9 +50,12 @@ class _UnreadData(dg.AutomationCondition):
         """(the dependencies' data versions now, the ones the latest materialisation read)."""
         raise NotImplementedError
 
+    def unread(self, current: dict[str, str], read: dict[str, str]) -> bool:
+        return any(read.get(dep) != version for dep, version in current.items())
+
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         current, read = self.versions(context)
-        unread = any(read.get(dep) != version for dep, version in current.items())
+        unread = self.unread(current, read)
         previous = json.loads(context.cursor) if context.cursor else {}
         requested_for = previous.get("requested_for")
         last_request = context.get_previous_requested_subset(context.root_context.key)
@@ -86,9 +93,10 @@ class NewDataToRead(_UnreadData):
 
 class NewPartitionsToRead(_UnreadData):
     """For an asset that reads every partition of its partitioned dependencies: true while a partition's latest
-    data version is not the one the asset recorded reading (``read_partitions_metadata``). Dagster's
-    provenance folds all partitions into one value that cannot be recomputed outside a run, so the asset
-    records them itself. A partition re-made with the same content (the same data version) is not new."""
+    data version is not the one the asset recorded reading (``read_partitions_metadata``), or one it read is
+    gone. Dagster's provenance folds all partitions into one value that cannot be recomputed outside a run, so
+    the asset records them itself. A partition re-made with the same content (the same data version) is not
+    new."""
 
     @property
     def name(self) -> str:
@@ -101,11 +109,14 @@ class NewPartitionsToRead(_UnreadData):
             node = context.asset_graph.get(dep)
             if node.partitions_def is not None:
                 keys = node.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-                current.update(partition_versions(instance, dep, keys))
+                current.update(_qualified(dep, partition_versions(instance, dep, keys)))
         latest = instance.get_latest_materialization_event(context.key)
         recorded = latest.asset_materialization.metadata.get(READ_PARTITION_VERSIONS) if latest is not None else None
         read = recorded.value if recorded is not None and isinstance(recorded.value, dict) else {}
         return current, read
+
+    def unread(self, current: dict[str, str], read: dict[str, str]) -> bool:
+        return read != current  # a new or changed partition, or one that was wiped
 
 
 # Eager per partition: run once the partition's raw batch updated, never while an upstream or this
