@@ -171,6 +171,8 @@ def test_weight_hashes_are_remembered_by_file_identity(tmp_path, monkeypatch):
     from cv_pipeline.training import base_model as bm
 
     monkeypatch.setattr(bm, "_known_hashes", {})
+    racy_s = bm._RACY_S
+    monkeypatch.setattr(bm, "_RACY_S", 0.0)  # these files were just written (their ctime is now): remember them
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"weights" * 1000)
     os.utime(f, (1_700_000_000, 1_700_000_000))
@@ -189,6 +191,7 @@ def test_weight_hashes_are_remembered_by_file_identity(tmp_path, monkeypatch):
     assert bm.file_sha256(f) == hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
     assert key not in json.loads(cache.read_text())  # and the earlier entry is dropped
     # a file written just now is hashed every time, never remembered (its timestamp may not move on a rewrite)
+    monkeypatch.setattr(bm, "_RACY_S", racy_s)
     fresh = tmp_path / "fresh.safetensors"
     fresh.write_bytes(b"new")
     bm.file_sha256(fresh)
