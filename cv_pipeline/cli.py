@@ -71,8 +71,6 @@ the profile's partitions, before the rest of the selection. `cv-pipeline list` s
 def _run(execute, what: str, verbose: bool):
     """Execute one run in this process; it stops at the first failure (an interrupt included), and the command
     ends with the failure's own message: the Dagster log above it has the stack trace (``--verbose`` re-raises)."""
-    import dagster as dg
-
     try:
         return execute(raise_on_error=True, run_config={} if verbose else _QUIET)
     except Exception as exc:
@@ -225,7 +223,7 @@ def list_assets(profile: str | None) -> None:
         if not node.is_materializable:
             continue
         mark = " [partitioned]" if node.is_partitioned else ""
-        print(f"{key.to_user_string()}{mark} - {(node.description or '').splitlines()[0] if node.description else ''}")
+        print(f"{key.to_user_string()}{mark} - {node.description.splitlines()[0] if node.description else ''}")
     print(f"\npartitions of the {p.name} profile (--partition): {', '.join(p.demo_partitions)}")
 
 

@@ -120,7 +120,7 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
     :func:`load_model` still catches a different architecture.
     """
     from cv_pipeline.atomic import write_json
-    from cv_pipeline.training.base_model import same_model
+    from cv_pipeline.training.base_model import legacy_content_hash
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
@@ -135,7 +135,7 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
         expected = summary.get("base_model_hash")
         if expected:
             actual = base_model_hash(base_dir)
-            if expected != actual and same_model(base_dir, expected, actual):
+            if expected != actual and expected == legacy_content_hash(base_dir):
                 # Recorded with the older hash (each file's first and last MiB), which this base still
                 # matches: record today's, so that a later change anywhere in the weights is seen.
                 write_json(summary_path, {**summary, "base_model_hash": actual})

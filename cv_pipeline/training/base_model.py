@@ -327,11 +327,6 @@ def legacy_content_hash(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def same_model(path: Path | str, recorded: str, current: str) -> bool:
-    """Whether a recorded content hash (of either scheme) names the model whose hash is now ``current``."""
-    return recorded == current or recorded == legacy_content_hash(path)
-
-
 _known_hashes: dict[str, str] = {}
 HASH_CACHE_FILE = ".cv_pipeline_weight_hashes.json"
 
