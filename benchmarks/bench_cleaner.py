@@ -11,7 +11,8 @@ What the BeautifulSoup cleaner (bs4_html_to_text) does, per body:
 2. walks the bs4 tree once with bs4's own API (iteratively, so deep input cannot hit the
    recursion limit), skipping comments, notices (the same class-token test) and the same
    dropped elements, and writes the text with the same layout markers our cleaner uses
-   (cleaner._mark's "\x00" + code letter at block, list, table, <br> and <pre> boundaries);
+   (cleaner._mark's "\x00" + code letter at block, list, table, <br> and <pre> boundaries, and
+   around <code> holding "$" in a body with "$$");
 3. applies rule 4 with the cleaner's public `normalize_chars` (the rule's definition);
 4. lays the marked text out with the cleaner's general marker layout, `_collapse` + `_layout`
    (straightforward str.replace/regex passes and one Python loop over the markers).
@@ -75,6 +76,7 @@ def bs4_html_to_text(
         return ""
     if "\x00" in html:
         html = html.replace("\x00", "")
+    code_dollars = "$$" in html and ("<code" in html or "<CODE" in html)
     soup = BeautifulSoup(html, parser)
     out: list[str] = []
     stack: list[object] = [soup]
@@ -121,6 +123,8 @@ def bs4_html_to_text(
             if type(first) is NavigableString and first.startswith("\n"):
                 # The HTML parsing algorithm drops a newline right after <pre>; html.parser keeps it.
                 first.replace_with(NavigableString(first[1:]))
+        elif tag == "code" and code_dollars and "$" in node.get_text():
+            opening = closing = "\x00c"  # no $$...$$ span starts or ends inside code
         if opening:
             out.append(opening)
         if closing:
@@ -142,8 +146,8 @@ def tree_pass_text(html: str) -> str:
 
     The cleaner's rarer detours (a too-deep body's fallback, a runs layout handed back to the general
     pass) happen after this point, so the breakdown counts them as layout."""
-    _, root, find_notices, runs = cleaner._tree_pass(html)
-    return runs[0] if runs is not None else cleaner._mark(root, cleaner._Converted(""), find_notices)
+    _, root, find_notices, code_dollars, runs = cleaner._tree_pass(html)
+    return runs[0] if runs is not None else cleaner._mark(root, cleaner._Converted(""), find_notices, code_dollars)
 
 
 def without_layout(html: str) -> str:
@@ -153,7 +157,7 @@ def without_layout(html: str) -> str:
 
 def body_kind(html: str) -> str:
     """'paragraphs' when the runs pass finds paragraph-like blocks only, else 'structured'."""
-    runs = cleaner._tree_pass(html)[3]
+    runs = cleaner._tree_pass(html)[4]
     return "paragraphs" if runs is not None and not runs[3] else "structured"
 
 

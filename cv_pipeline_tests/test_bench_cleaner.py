@@ -40,6 +40,8 @@ def test_bs4_cleaner_gives_our_text_on_real_bodies(realdata: Path) -> None:
         "<pre>\n  code\n</pre><p>line<br><br>break</p><blockquote><p>quoted</p></blockquote>",
         "<p>caf\u00e9 \u201cquoted\u201d \u03c3\u00b2 \u2264 1 \u2014 done\u2026</p><hr><h2>Head</h2>",
         "<li>stray item</li><td>stray cell</td><object>dropped</object><img alt=x>",
+        "<p>Use <code>$$</code>\n  then <code>kill $$</code></p><p>$$a\n  b$$ <code>x$</code></p>",
+        "<ul><li><ol><li>nested first</li></ol></li><li>next</li></ul>",
     ],
 )
 def test_bs4_cleaner_gives_our_text_on_structures(html: str) -> None:

@@ -163,6 +163,12 @@ CASES_BOTH_MODES = [
     ('<ol start="3"><li>x</li><li>y</li></ol>', "3. x\n4. y"),
     ("<ol><li>a<ol><li>b</li></ol></li></ol>", "1. a\n  1. b"),
     ("<ul><li><p>first</p><p>second</p></li><li>next</li></ul>", "- first\n  second\n- next"),
+    # An item whose first content is a list (Markdown "2. - x") keeps its bullet or number on a line
+    # of its own, so the nested items stay under it.
+    ("<p>i</p><ol><li>a</li><li><ul><li>x</li></ul></li><li>c</li></ol>", "i\n\n1. a\n2.\n  - x\n3. c"),
+    ("<ul><li><ul><li>x</li><li>y</li></ul></li><li>a</li></ul>", "-\n  - x\n  - y\n- a"),
+    ("<ol><li><img src=x><ol><li>x</li></ol></li><li>a</li></ol>", "1.\n  1. x\n2. a"),
+    ("<ul><li><p></p><ol><li>x</li></ol>tail</li></ul>", "-\n  1. x\n  tail"),
     ("<p>intro</p><ul><li>a</li></ul><p>outro</p>", "intro\n\n- a\n\noutro"),
     ("<ul><li>a<br>b</li></ul>", "- a\n  b"),
     ("a<br>b<br/>c", "a\nb\nc"),
@@ -183,6 +189,12 @@ CASES_BOTH_MODES = [
         "$$\n\\begin{align} a &= b \\\\\n  c &= d \\end{align}\n$$",
     ),
     ("<p>inline $x_1 +   x_2$ collapses</p>", "inline $x_1 + x_2$ collapses"),
+    # MathJax does not read code: a "$$" in <code> never opens or closes a display-math span.
+    ("<p>Use <code>$$</code> for the PID.\nThen   run\n<code>kill $$</code> later.</p>",
+     "Use $$ for the PID. Then run kill $$ later."),
+    ("<ul><li>PHP <code>$$name</code>\n  and\n  <code>$$x</code></li></ul>", "- PHP $$name and $$x"),
+    ("<p>$$a\n  b$$ then <code>x$y</code>   z</p>", "$$a\n  b$$ then x$y z"),
+    ("<p>$$a <code>q</code>\n  b$$</p>", "$$a q\n  b$$"),
     ('<p>see <img src="x.png" alt="enter image description here"> it</p>', "see it"),
     ("<blockquote><p>quoted</p></blockquote><p>after</p>", "quoted\n\nafter"),
     ("<h2>Title</h2><p>text</p><h3>Sub</h3>", "Title\n\ntext\n\nSub"),
@@ -221,6 +233,7 @@ CASES_BY_MODE = [
     ("σ α Ω μ", "&sigma; &alpha; &Omega; &mu;", "σ α Ω μ"),
     ("café naïve Ångström", "cafe naive Angstrom", "café naïve Ångström"),
     ("cafe\u0301", "cafe", "cafe\u0301"),  # decomposed accent
+    ("q\u0301 x\u20d7", "q x", "q\u0301 x\u20d7"),  # accents no precomposed letter absorbs
     ("Straße, æ, ø, ł", "Strasse, ae, o, l", "Straße, æ, ø, ł"),
     ("2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b", "2x3 <= 7 >= 1 != 0 +/-1 a->b", "2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b"),
     ("x² ½ ¹", "x&sup2; &frac12; &sup1;", "x² ½ ¹"),  # not "x2": superscripts keep their meaning
@@ -258,6 +271,7 @@ def test_normalize_chars(text: str, mode: str, expected: str, changed: int) -> N
         ("<pre><code>x = 1</code></pre>", True),
         ('<pre class="lang-r prettyprint-override"><code>x</code></pre>', True),
         ("<PRE>x</PRE>", True),
+        ("<listing>x = 1</listing>", True),  # the obsolete spelling of <pre>
         ("<p>text</p><pre>\n</pre>", True),
         ("<p>inline <code>x</code> only</p>", False),
         ("<p>&lt;pre&gt; is escaped</p>", False),
@@ -524,6 +538,18 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
     deep = "<div>" * 3_000
     text = html_to_text(deep + "<p>one</p><script>SECRET()</script><p>two &amp; \u03c3</p><!-- hidden -->")
     assert text == "one\n\ntwo & &sigma;"
+    # Notices (nested elements of their own kind included), dropped elements such as <svg>, and
+    # display math kept verbatim while whitespace elsewhere collapses, as in the tree passes.
+    notices = (
+        '<aside class="s-notice s-notice__info"><p>Closed. notice</p></aside>'
+        "<div class='x post-notice'><div>inner</div>still notice</div>"
+        "<div class=js-post-notice>third</div>"
+    )
+    body = "<p>Body $$a\n  b$$\n  x</p><svg><text>SVGTEXT</text></svg><object>obj</object><ul><li>i1</li><li>i2</li></ul>"
+    expected = "Body $$a\n  b$$ x\n\ni1\n\ni2\n\nend"
+    assert html_to_text(notices + body + "<span>" * 2_100 + "end") == expected
+    assert html_to_text(deep + notices + body + "end") == expected
+    assert html_to_text(deep + '<div class="post-notice">never closed' + "<p>gone</p>") == ""
     assert has_code_block(deep + "<pre>x</pre>")
     assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")
 
@@ -550,7 +576,8 @@ def _runs_token(draw: st.DrawFn) -> str:
                                      "<ol start='x'>", "<li></li>", "<li> </li>", "<pre>\n  x  \n</pre>",
                                      "<pre> </pre>", "<pre><code>a\n\n b</code></pre>", "<br>", "<br><br>",
                                      "<br/> <br>", "<table><tr><td>a</td><td></td><td> b </td></tr></table>",
-                                     "<table><tr><td>$$a\n b$$</td></tr></table>"]))
+                                     "<table><tr><td>$$a\n b$$</td></tr></table>", "<code>$$</code>",
+                                     "<code> $ </code>"]))
     if kind == 3:
         return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
                                      "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;", "\r"]))

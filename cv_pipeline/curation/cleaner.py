@@ -24,15 +24,17 @@ Decisions that the rules leave open, documented here and in the tests:
 - Blocks (p, div, blockquote, h1-h6, pre, table, hr, ...) are separated by one blank line;
   blockquotes get no "> " prefix and headings no "#": the rule keeps text, not markup.
 - List items are one line each, "- " (ul) or "N. " (ol, honouring `start`); nested lists are
-  indented two spaces per level; further lines of an item are indented to its level.
+  indented two spaces per level; further lines of an item are indented to its level. An item
+  whose first content is a nested list keeps its bullet or number on a line of its own.
 - Table rows are one line each, cells joined by " | ".
 - `<br>` is a line break; two or more in a row make one blank line.
 - Whitespace runs collapse to one space, except inside `<pre>` and inside a `$$...$$` display
-  math span within one text node (kept verbatim: line breaks there are MathJax source).
+  math span within one block (kept verbatim: line breaks there are MathJax source). A "$$" in
+  `<code>` neither opens nor closes such a span: MathJax does not read code.
 - Inline `<code>` keeps its text without backticks.
 - ASCII normalisation (the report's rule 4): NFC first; then typographic quotes/dashes/spaces/
   ellipsis (both modes); then a small table (see `_ASCII_TABLE`: ß->ss, æ->ae, ø->o, ×->x,
-  ≤-><=, ...); then canonical decomposition with combining marks removed (é->e); then
+  ≤-><=, ...); then canonical decomposition with combining marks removed (é->e; q + U+0301 -> q); then
   compatibility decomposition except super/subscripts, fractions and circled/squared forms
   (ﬁ->fi, full-width Ａ->A, but ² stays a symbol because "x2" would change the meaning);
   anything left becomes an HTML entity: the HTML 4 name where there is one (`&sigma;`,
@@ -59,7 +61,7 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 from cv_pipeline.sources.models import RawQuestion, pick_top_answer
 
 # Bump on any change that alters output text or counts: Dagster then marks cleaned pairs stale.
-CLEANER_VERSION = "2"
+CLEANER_VERSION = "3"
 
 DropReason = Literal["code_block", "empty", "too_short"]
 
@@ -126,9 +128,16 @@ _ASCII_TABLE: dict[str, str] = {
 _KEEP_COMPAT = ("<super>", "<sub>", "<fraction>", "<circle>", "<square>")
 
 
+# Combining diacritical marks (U+0300-036F and its supplements and extensions): accents, removed
+# like those canonical decomposition separates (é->e) when no precomposed form absorbs them (q + U+0301).
+_DIACRITIC_RANGES = ((0x300, 0x370), (0x1AB0, 0x1B00), (0x1DC0, 0x1E00), (0x20D0, 0x2100), (0xFE20, 0xFE30))
+
+
 def _ascii_form(ch: str) -> str | None:
     if ch in _ASCII_TABLE:
         return _ASCII_TABLE[ch]
+    if any(lo <= ord(ch) < hi for lo, hi in _DIACRITIC_RANGES):
+        return ""
     base = "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c))
     if base and base.isascii():
         return base
@@ -328,7 +337,7 @@ _AROUND: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("pre", "listing"), ("\x00X", "\x00x")),
 }
 _WS = re.compile(r"[ \t\n\r\f]+")
-_PRE_TAG = re.compile(r"<pre[\s/>]", re.I)
+_PRE_TAG = re.compile(r"<(?:pre|listing)[\s/>]", re.I)  # <listing> is an obsolete <pre>
 
 
 @dataclass(slots=True)
@@ -375,11 +384,13 @@ def _parse_into_container(html: str) -> LexborNode:
     return root
 
 
-def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
+def _mark(root: LexborNode, conv: _Converted, find_notices: bool, code_dollars: bool = False) -> str:
     """Remove notices and dropped subtrees, insert markers; return the marked text.
 
     The general pass: it walks the parsed tree, decomposes what is dropped, inserts the marker
-    text nodes and concatenates the text in C.
+    text nodes and concatenates the text in C. With `code_dollars` (the body has "$$" and
+    <code>), a <code> holding "$" gets "\\x00c" markers around it, so that no $$...$$ span
+    (see _PROTECTED) starts or ends inside code: MathJax does not read code.
     """
     nodes = root.traverse()
     next(nodes)  # the container itself
@@ -398,6 +409,9 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool) -> str:
             conv.elements_dropped += 1
         elif tag == "img":
             conv.images_dropped += 1
+        elif code_dollars and tag == "code" and "$" in node.text():
+            node.insert_before("\x00c")
+            node.insert_after("\x00c")
     # Reverse document order: a dropped node nested in another dropped node goes first, so no
     # node is ever decomposed after an ancestor has already freed it.
     for node in reversed(drop):
@@ -434,17 +448,19 @@ _IMG_ID = _tag_id("img")
 _BR_ID = _tag_id("br")
 _LI_ID = _tag_id("li")
 _PRE_IDS = frozenset(map(_tag_id, ("pre", "listing")))
+_CODE_ID = _tag_id("code")
 # Lexbor numbers its node kinds (text, comment, doctype, ...) below its first tag, "a"; a
 # processing instruction has id 0.
 _FIRST_ELEMENT_ID = _tag_id("a")
 
 
-def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
+def _runs_text(root: LexborNode, code_dollars: bool = False) -> tuple[str, int, bool, bool] | None:
     """The runs pass, for bodies without notices, dropped elements or comments (most of them).
 
     Returns the text with a block separator between runs of text, the images removed, whether
     there is a <pre> and whether there are markers (_join_runs lays those out, _join_blocks
-    the rest); or None, tree untouched, when the body has anything else.
+    the rest); or None, tree untouched, when the body has anything else (or, with
+    `code_dollars`, a <code> holding "$": see _mark).
 
     Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
     adjacent text nodes leaves one text node per run of text between two element boundaries,
@@ -478,6 +494,8 @@ def _runs_text(root: LexborNode) -> tuple[str, int, bool, bool] | None:
         elif tag in _NOT_IN_RUNS_IDS or tag < _FIRST_ELEMENT_ID:  # below: comments, instructions
             return None
         else:
+            if code_dollars and tag == _CODE_ID and "$" in node.text():
+                return None
             images += tag == _IMG_ID
             inline.append(node)
     # Document order: an element is unwrapped before its descendants, and only empty elements
@@ -769,6 +787,12 @@ def _layout(marked: str) -> str:
             pending = max(pending, 1)
             prefix = None
         elif code == "U" or code == "O":
+            if prefix is not None:  # an item whose first content is this list: its bullet or number alone
+                if out:
+                    out[-1] = out[-1].rstrip(" \t\n")
+                    out.append("\n" * max(pending, 1))
+                out.append(prefix.rstrip(" "))
+                pending, prefix, last_space = 0, None, False
             if code == "O":
                 num, _, t = t.partition(";")
                 lists.append([True, int(num)])
@@ -906,7 +930,8 @@ def _too_deep(html: str) -> bool:
 
 
 _FB_DROP = re.compile(
-    r"<(script|style|template|textarea|title|iframe|noscript|xmp|plaintext|noembed|noframes)\b.*?(?:</\1\s*>|$)",
+    r"<(script|style|template|textarea|title|iframe|noscript|xmp|plaintext|noembed|noframes|svg|object|select|button)"
+    r"\b.*?(?:</\1\s*>|$)",
     re.S | re.I,
 )
 _FB_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
@@ -914,27 +939,71 @@ _FB_BREAK = re.compile(
     r"<(?:/?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6]|pre|dl|dd|dt)|br|hr)\b[^>]*(?:>|$)", re.I
 )
 _FB_TAG = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|$)")
+# A start tag whose class attribute names a notice (rule 2's selectors, as _is_notice reads them).
+_FB_NOTICE = re.compile(
+    r"<([a-zA-Z][^\s/<>]*)[^<>]*?\sclass\s*=\s*(?:\"([^\"<>]*)\"|'([^'<>]*)'|([^\s<>]*))[^<>]*>", re.I
+)
+
+
+def _fb_drop_notices(html: str) -> str:
+    """Cut each notice element, from its start tag to the end tag that closes it (or the end).
+
+    One forward scan per notice from where the last one ended, counting start and end tags of
+    the notice's own name, so the whole pass stays linear in the input.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in _FB_NOTICE.finditer(html):
+        if m.start() < pos:
+            continue
+        tag = m.group(1).lower()
+        tokens = (m.group(2) or m.group(3) or m.group(4) or "").split()
+        if not ("js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)):
+            continue
+        out.append(html[pos : m.start()])
+        depth, end = 1, len(html)
+        for t in re.compile(rf"<(/?){re.escape(tag)}[\s/>]", re.I).finditer(html, m.end()):
+            depth += -1 if t.group(1) else 1
+            if depth == 0:
+                end = html.find(">", t.end() - 1) + 1 or len(html)
+                break
+        pos = end
+    if not out:
+        return html
+    out.append(html[pos:])
+    return "".join(out)
 
 
 def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
-    """Linear-time cleaning without structure, for pathologically nested input only."""
+    """Linear-time cleaning for pathologically nested input only: the same rules, less layout.
+
+    Notices, dropped elements and comments go; every block boundary, item or line break starts a
+    paragraph; whitespace collapses outside $$...$$ as in the tree passes.
+    """
+    html = html.replace("\x00", "")  # so that no input can forge a paragraph marker
     conv.has_pre = _PRE_TAG.search(html) is not None
+    if "notice" in html:
+        html = _fb_drop_notices(html)
     text = _FB_COMMENT.sub("", _FB_DROP.sub("", html))
-    text = _FB_TAG.sub("", _FB_BREAK.sub("\n\n", text))
-    text = _html.unescape(text).replace("\x00", "")
+    text = _FB_TAG.sub("", _FB_BREAK.sub("\x00P", text))
+    text = _html.unescape(text)  # "&#0;" becomes U+FFFD, never NUL
     text, conv.chars_normalized = normalize_chars(text, config.normalization)
-    lines = (_squash(line).strip() for line in text.split("\n"))
-    conv.text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    conv.text = _join_blocks(text)
 
 
-def _tree_pass(html: str, runs_pass: bool = True) -> tuple[str, LexborNode, bool, tuple[str, int, bool, bool] | None]:
+def _tree_pass(
+    html: str, runs_pass: bool = True
+) -> tuple[str, LexborNode, bool, bool, tuple[str, int, bool, bool] | None]:
     """Parse a body (NUL removed) and try the runs pass: the HTML parsed, its tree, whether to look for
-    notices, and _runs_text's result (None: the tree is untouched, for the general pass)."""
+    notices, whether <code> may hold a "$$" delimiter (see _mark), and _runs_text's result (None:
+    the tree is untouched, for the general pass)."""
     if "\x00" in html:
         html = html.replace("\x00", "")
     root = _parse_into_container(html)
     find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
-    return html, root, find_notices, _runs_text(root) if runs_pass and not find_notices else None
+    code_dollars = "$$" in html and ("<code" in html or "<CODE" in html)
+    runs = _runs_text(root, code_dollars) if runs_pass and not find_notices else None
+    return html, root, find_notices, code_dollars, runs
 
 
 def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
@@ -946,7 +1015,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
     if _too_deep(html):
         _fallback(html, conv, config)
         return conv
-    html, root, find_notices, runs = _tree_pass(html, runs_pass)
+    html, root, find_notices, code_dollars, runs = _tree_pass(html, runs_pass)
     if runs is not None:
         text, images, has_pre, markers = runs
         text, changed = normalize_chars(text, config.normalization)
@@ -955,7 +1024,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
             conv.text, conv.chars_normalized, conv.images_dropped, conv.has_pre = laid_out, changed, images, has_pre
             return conv
         root = _parse_into_container(html)  # the runs pass changed the tree: start again
-    marked = _mark(root, conv, find_notices)
+    marked = _mark(root, conv, find_notices, code_dollars)
     if not marked:
         return conv
     conv.has_pre = "\x00X" in marked
