@@ -5,25 +5,38 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from cv_pipeline.atomic import write_text
 from cv_pipeline.partitions import parse_partition_key
 from cv_pipeline.training.config import ADAPTER_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+_COPY_HEADER = "# A copy of the project's dagster.yaml, refreshed by cv-pipeline when that file changes: edit that one.\n"
+
+
 def dagster_home() -> Path:
-    """``$DAGSTER_HOME`` or ``./.dagster_home``, holding a copy of the project's dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    """``$DAGSTER_HOME`` or ``./.dagster_home``, holding a copy of the project's dagster.yaml.
+
+    The copy follows the project's file: it is rewritten when that file changes, in the default
+    home (which only this command creates) and wherever the copy carries our header. A
+    dagster.yaml of your own in a home you chose is left alone.
+    """
+    default = Path(".dagster_home").resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or default).resolve()
     home.mkdir(parents=True, exist_ok=True)
     src = REPO_ROOT / "dagster.yaml"
-    if src.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(src, home / "dagster.yaml")
+    if src.exists():
+        wanted = _COPY_HEADER + src.read_text()
+        copy = home / "dagster.yaml"
+        current = copy.read_text() if copy.exists() else None
+        if current != wanted and (current is None or home == default or current.startswith(_COPY_HEADER)):
+            write_text(copy, wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

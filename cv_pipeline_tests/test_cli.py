@@ -268,3 +268,39 @@ def test_sigterm_stops_a_run_started_in_the_background_by_a_script(tmp_path):
     assert code != 0 and "STEP_UP_FOR_RETRY" not in text, text[-2000:]
     assert "interrupted (the run was stopped, or the process got SIGINT/SIGTERM), so not retried" in text
     assert not (tmp_path / "data" / "raw" / "questions_05000-09999.json").exists()
+
+
+def test_dagster_home_copy_follows_the_projects_dagster_yaml(tmp_path, monkeypatch):
+    """Edits to the project's dagster.yaml (pools, retries) reach the copy; a file of the user's own does not change."""
+    from cv_pipeline import cli
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dagster.yaml").write_text("run_queue:\n  max_concurrent_runs: 1\n")
+    monkeypatch.setattr(cli, "REPO_ROOT", project)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    copy = cli.dagster_home() / "dagster.yaml"
+    assert copy == tmp_path / ".dagster_home" / "dagster.yaml"
+    assert copy.read_text().endswith("max_concurrent_runs: 1\n") and copy.read_text().startswith("#")
+    (project / "dagster.yaml").write_text("run_queue:\n  max_concurrent_runs: 2\n")
+    assert cli.dagster_home() / "dagster.yaml" == copy
+    assert copy.read_text().endswith("max_concurrent_runs: 2\n")
+    # The default home is this command's own: a copy written before the header existed is refreshed too.
+    copy.write_text("run_queue:\n  max_concurrent_runs: 1\n")
+    cli.dagster_home()
+    assert copy.read_text().endswith("max_concurrent_runs: 2\n")
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(mine))
+    cli.dagster_home()
+    assert (mine / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    theirs = tmp_path / "theirs"  # a home of the user's choice, first filled by us, then refreshed
+    monkeypatch.setenv("DAGSTER_HOME", str(theirs))
+    cli.dagster_home()
+    (project / "dagster.yaml").write_text("run_queue:\n  max_concurrent_runs: 3\n")
+    cli.dagster_home()
+    assert (theirs / "dagster.yaml").read_text().endswith("max_concurrent_runs: 3\n")

@@ -232,6 +232,19 @@ def test_concurrent_writers_of_one_folder_take_turns(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["chat_dataset"]
 
 
+def question(qid: int, body: str, title: str | None = None):
+    """A raw question with a kept answer, as a collected batch holds it."""
+    from cv_pipeline.sources.models import RawAnswer, RawQuestion
+
+    return RawQuestion(
+        question_id=qid, rank=qid, title=title or f"How do I show line breaks, case {qid}?", body_html=body,
+        score=50 - qid,
+        link=f"https://stats.stackexchange.com/questions/{qid}", creation_date=1_500_000_000,
+        top_answer=RawAnswer(answer_id=qid + 100, score=3, creation_date=1_500_000_000,
+                             body_html="<p>Put each value on its own line and check the plot again.</p>"),
+    )
+
+
 def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_their_checks(tmp_path):
     """Dagster run: one partition with pairs quoting `&lt;br&gt;` (in inline code, in a title), one empty partition."""
     import dagster as dg
@@ -241,16 +254,7 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     from cv_pipeline.defs.curation.checks import chat_dataset_checks, cleaned_qa_pairs_checks
     from cv_pipeline.defs.resources import DataDirResource
     from cv_pipeline.profiles import get_profile
-    from cv_pipeline.sources.models import BatchStats, RawAnswer, RawBatch, RawQuestion
-
-    def question(qid: int, body: str, title: str | None = None) -> RawQuestion:
-        return RawQuestion(
-            question_id=qid, rank=qid, title=title or f"How do I show line breaks, case {qid}?", body_html=body,
-            score=50 - qid,
-            link=f"https://stats.stackexchange.com/questions/{qid}", creation_date=1_500_000_000,
-            top_answer=RawAnswer(answer_id=qid + 100, score=3, creation_date=1_500_000_000,
-                                 body_html="<p>Put each value on its own line and check the plot again.</p>"),
-        )
+    from cv_pipeline.sources.models import BatchStats, RawBatch
 
     batches = {
         "00000-04999": [question(q, f"<p>In my R Markdown table I typed <code>&lt;br&gt;</code> in row {q}.</p>")
@@ -303,3 +307,39 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     pq.write_table(pa.Table.from_pylist(broken, schema=table.schema), first)
     result = dg.materialize([cleaned_qa_pairs, cleaned_qa_pairs_checks], partition_key="05000-09999", resources=resources)
     assert len(result.get_asset_check_evaluations()) == 3 and all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_a_partition_check_says_which_partition_it_judged(tmp_path):
+    """The cleaned checks are not partitioned (Dagster 1.13 cannot run partitioned checks without their asset): each
+    result names the partition it judged, and run on its own a check judges every partition."""
+    import dagster as dg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cv_pipeline.atomic import write_json
+    from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
+    from cv_pipeline.defs.curation.checks import cleaned_qa_pairs_checks
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.sources.models import BatchStats, RawBatch
+
+    resources = {"data_dir": DataDirResource(path=str(tmp_path))}
+    keys = ("00000-04999", "05000-09999")
+    for key in keys:
+        start, stop = (int(x) for x in key.split("-"))
+        write_json(tmp_path / "raw" / f"questions_{key}.json", RawBatch(
+            partition_key=key, source="unit test", site="stats", start_rank=start, stop_rank=stop + 1,
+            questions=[question(start + q + 1, f"<p>A question {q} long enough to be kept in the dataset.</p>")
+                       for q in range(5)], stats=BatchStats()).model_dump(mode="json"))
+        result = dg.materialize([cleaned_qa_pairs, cleaned_qa_pairs_checks], partition_key=key, resources=resources)
+        assert {e.metadata["partition"].value for e in result.get_asset_check_evaluations()} == {key}
+
+    path = tmp_path / "cleaned" / f"pairs_{keys[0]}.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[0]["license"] = ""
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    result = dg.materialize([cleaned_qa_pairs_checks], resources=resources,
+                            selection=dg.AssetSelection.checks_for_assets(cleaned_qa_pairs))
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["cleaned_rows_complete"].passed and evaluations["cleaned_has_no_markup"].passed
+    assert {e.metadata["partition"].value for e in evaluations.values()} == {"all"}

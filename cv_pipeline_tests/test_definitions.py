@@ -166,6 +166,31 @@ def test_the_daemon_does_not_rerun_a_failure_marked_not_to_be_retried(tmp_path, 
         assert not should_retry(instance.get_run_by_id(result.run_id), instance)
 
 
+def test_a_training_error_fails_the_adapter_at_once_instead_of_under_the_retry_policy(tmp_path):
+    """The adapters' RetryPolicy is for crashes (training resumes from its checkpoint). A TrainingError (a
+    setting, the data or GPU memory: its message says what to change) would only come back, after reloading
+    the model: the step fails once, with that message, and is not retried."""
+    import dagster as dg
+
+    from cv_pipeline.curation.dataset import build_chat_dataset, save_chat_dataset
+    from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline_tests.test_dataset import pair
+
+    data = tmp_path / "data"
+    save_chat_dataset(build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=10), data / "chat_dataset")
+    defs = build_definitions(get_profile("demo"), data_dir=data)  # no base model prepared
+    result = dg.materialize(
+        [*defs.assets], selection=["lora_adapter_top_10k"], resources=defs.resources, raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "materialise the base_model asset first" in failure.event_specific_data.error.message
+
+
 def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch):
     """The k8s instance config validates against dagster-k8s/dagster-postgres, and GPU steps request GPUs."""
     from dagster._core.instance.config import dagster_instance_config

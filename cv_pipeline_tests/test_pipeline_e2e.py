@@ -73,6 +73,34 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
         assert "FROM" in modelfile and "ADAPTER" in modelfile
 
 
+def test_retraining_with_other_settings_marks_evaluation_and_exports_stale(pipeline):
+    """Run config is not part of what Dagster hashes: the adapter's data version is its weights', so an
+    adapter retrained at another learning rate makes what was measured and exported from it stale."""
+    from cv_pipeline.defs.operations.automation import _latest_version as latest_data_version
+    from cv_pipeline.defs.training.assets import adapter_version
+
+    defs, instance, data, *_ = pipeline
+    everything = [*defs.assets, *defs.asset_checks]
+    key = dg.AssetKey("lora_adapter_top_10k")
+    before = latest_data_version(instance, key)
+    assert before == adapter_version(data / "adapters" / "top_10k" / "adapter")
+    resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+    assert resolver.get_status(dg.AssetKey("adapter_evaluation")) == StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey("adapter_exports")) == StaleStatus.FRESH
+
+    config = {**TINY["ops"]["lora_adapter_top_10k"]["config"], "learning_rate": 3e-3}
+    dg.materialize(everything, selection=[key.to_user_string()], resources=defs.resources, instance=instance,
+                   run_config={"ops": {key.to_user_string(): {"config": config}}})
+    after = latest_data_version(instance, key)
+    assert after != before and after == adapter_version(data / "adapters" / "top_10k" / "adapter")
+    resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+    assert resolver.get_status(dg.AssetKey("adapter_evaluation")) == StaleStatus.STALE
+    assert resolver.get_status(dg.AssetKey("adapter_exports")) == StaleStatus.STALE
+    causes = resolver.get_stale_causes(dg.AssetKey("adapter_exports"))  # direct ones, not through the evaluation
+    assert any(c.dependency_asset_key == key and "new dependency data version" in c.reason for c in causes), causes
+    assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
+
+
 def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pipeline):
     defs, instance, *_ = pipeline
     assets = list(defs.resolve_asset_graph().assets_defs)

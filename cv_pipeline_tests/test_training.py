@@ -268,6 +268,31 @@ def test_the_fingerprint_over_each_base_hash_is_the_one_computed_alone():
     assert _fingerprint(["new"], chats.select(range(2499)), hp, LoraHyperparams(), False)[0] != both[0]
 
 
+def test_the_fingerprint_tells_the_three_precisions_apart_and_keeps_the_recorded_forms():
+    """fp32 on the CPU, 16-bit and 4-bit on CUDA are different runs; CPU and 4-bit runs keep the fingerprint
+    earlier versions wrote (their checkpoints and adapters stay valid), computed here as they computed it."""
+    import hashlib
+
+    from datasets import Dataset
+
+    from cv_pipeline.training.trainer import _fingerprint
+
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    chats, hp, lora = Dataset.from_list(rows), TrainingHyperparams(), LoraHyperparams()
+
+    def recorded_form(four_bit: bool) -> str:
+        h = hashlib.sha256(b"base")
+        h.update(json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode())
+        h.update(json.dumps([rows[0]["messages"]], sort_keys=True).encode())  # one batch of chats
+        return h.hexdigest()
+
+    cpu = _fingerprint(["base"], chats, hp, lora, four_bit=False, cuda=False)[0]
+    qlora = _fingerprint(["base"], chats, hp, lora, four_bit=True, cuda=True)[0]
+    lora16 = _fingerprint(["base"], chats, hp, lora, four_bit=False, cuda=True)[0]
+    assert (cpu, qlora) == (recorded_form(False), recorded_form(True))
+    assert len({cpu, qlora, lora16}) == 3
+
+
 def test_the_base_model_asset_points_every_later_step_at_the_model_it_prepared(tmp_path, monkeypatch):
     """A local folder replaces an earlier embedded conversion (and back): nothing loads a stale model."""
     import dagster as dg
@@ -535,7 +560,7 @@ def test_the_out_of_memory_advice_resumes_instead_of_starting_over(base_dir, tra
 
 @pytest.mark.slow
 @needs_embedded
-def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(base_dir, trained):
+def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(base_dir, trained, tmp_path):
     from cv_pipeline.training.trainer import train_adapter
 
     first = trained[0]
@@ -547,6 +572,17 @@ def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(ba
     assert again == first and again.train_tokens > 0 and again.tokens_per_s > 0
     assert (summary.read_bytes(), summary.stat().st_mtime_ns) == before
     assert any("already holds this run's adapter" in line for line in lines)
+    assert not any(line.startswith("loading") for line in lines)  # not even the model is loaded
+
+    # Checkpoints hold the optimizer state and are often deleted once a run is done: the adapter still stands.
+    elsewhere = tmp_path / "run"
+    shutil.copytree(first.adapter_path, elsewhere / "adapter")
+    assert not (elsewhere / "checkpoints").exists()
+    lines.clear()
+    kept = train_adapter(base_dir, chats(8), None, elsewhere, TrainingHyperparams(**FAST),
+                         LoraHyperparams(), detect_device("cpu"), log=lines.append)
+    assert kept.steps == first.steps and kept.final_loss == first.final_loss
+    assert kept.adapter_path == elsewhere / "adapter" and any("already holds" in line for line in lines)
 
 
 @pytest.mark.slow

@@ -105,7 +105,11 @@ class GPUResource(dg.ConfigurableResource):
     """Decides device, precision and memory limits for training and evaluation, and says what it found."""
 
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="'auto' takes CUDA when present, else the CPU.")
-    max_memory_gb: float | None = Field(None, description="Refuse to start when the GPU has less than this free.")
+    max_memory_gb: float | None = Field(
+        None,
+        description="Cap on the GPU memory this step's process may use (GB; CUDA only): an over-large batch then fails "
+        "fast with out-of-memory advice instead of starving a neighbour. Unset: no cap.",
+    )
     load_in_4bit: bool = Field(True, description="4-bit QLoRA on CUDA (needs bitsandbytes); ignored on the CPU.")
 
     def info(self):

@@ -192,8 +192,20 @@ def train_adapter(
     if len(train_dataset) == 0:
         raise TrainingError("the train dataset is empty: check the chat_dataset split and the subset selection")
 
-    torch.manual_seed(hparams.seed)
     four_bit = device.is_cuda and device.four_bit_available
+    # The same run as recorded by a version that hashed the base model by its first and last MiB only
+    # (legacy_content_hash) is this run: its checkpoints resume and its adapter is kept.
+    fingerprint, earlier = _fingerprint(
+        [base.content_hash, legacy_content_hash(base.path)], train_dataset, hparams, lora, four_bit, device.is_cuda
+    )
+    # A second run with the same settings and data: the adapter this run already published (and its
+    # measurements) stays as it is, whether or not its checkpoints are still there; nothing is loaded.
+    published = _published_result(out_dir / "adapter", fingerprint, also=earlier)
+    if published is not None:
+        say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
+        return published
+
+    torch.manual_seed(hparams.seed)
     mode = "4-bit QLoRA" if four_bit else "LoRA"
     say(f"loading {base.architecture} from {base_model_dir} on {device.device} ({mode})")
     model, tokenizer = FastLanguageModel.from_pretrained(
@@ -222,9 +234,6 @@ def train_adapter(
         say(f"dropped {dropped} train chats whose prompt alone fills max_seq_length={hparams.max_seq_length}")
 
     ckpt_dir = out_dir / "checkpoints"
-    # The same run as recorded by a version that hashed the base model by its first and last MiB only
-    # (legacy_content_hash) is this run: its checkpoints resume and its adapter is kept.
-    fingerprint, earlier = _fingerprint([base.content_hash, legacy_content_hash(base.path)], train_dataset, hparams, lora, four_bit)
     resume = _resume_point(ckpt_dir, fingerprint, say, also=earlier)
     # Packing needs attention that respects document boundaries inside one row (varlen flash
     # attention); the CPU path has none, so packed chats would attend to each other there.
@@ -261,13 +270,6 @@ def train_adapter(
     wall = time.perf_counter() - start
 
     state = trainer.state
-    if state.global_step == progress.initial_step:
-        # Resumed at the final step, as a second run with the same settings and data is: nothing was trained
-        # now, so the adapter this run already published (and its measurements) stays as it is.
-        published = _published_result(out_dir / "adapter", fingerprint, also=earlier)
-        if published is not None:
-            say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
-            return published
     history = [
         {k: float(e[k]) for k in ("step", "loss", "eval_loss", "grad_norm", "learning_rate") if k in e}
         for e in state.log_history
@@ -376,13 +378,19 @@ def _published_result(adapter_dir: Path, fingerprint: str, also: str | None = No
 
 
 def _fingerprint(
-    base_hashes: list[str], train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool
+    base_hashes: list[str], train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool,
+    cuda: bool = False,
 ) -> list[str]:
     """What must match for a checkpoint to be resumable: base model and its precision, chats, and every
     setting that changes what is learnt (``TrainingHyperparams.resume_key``); one fingerprint per base hash
-    given, reading the chats once."""
+    given, reading the chats once.
+
+    Precision: 4-bit QLoRA on CUDA, 16-bit LoRA on CUDA, or fp32 LoRA on the CPU (where packing is also
+    off whatever ``packing`` says). The first and the last keep the form earlier versions recorded, so their
+    runs still resume; 16-bit CUDA runs, which earlier versions could not tell from CPU runs, get their own."""
     hashes = [hashlib.sha256(b.encode()) for b in base_hashes]
-    settings = json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode()
+    precision = {"four_bit": four_bit} | ({"cuda_16bit": True} if cuda and not four_bit else {})
+    settings = json.dumps([hp.resume_key(), lora.model_dump(), precision], sort_keys=True).encode()
     for batch in [settings, *(json.dumps(b["messages"], sort_keys=True).encode()
                               for b in train.select_columns(["messages"]).iter(batch_size=1000))]:
         for h in hashes:

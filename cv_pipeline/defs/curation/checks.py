@@ -20,12 +20,13 @@ from cv_pipeline.defs.resources import DataDirResource
 chat_dataset = dg.AssetKey("chat_dataset")
 
 
-def _result(asset: dg.AssetKey, name: str, bad: list[int], what: str) -> dg.AssetCheckResult:
+def _result(asset: dg.AssetKey, name: str, bad: list[int], what: str, extra: dict | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key=asset,
         check_name=name,
         passed=not bad,
-        metadata={"failing_rows": len(bad), "example_question_ids": dg.MetadataValue.json(bad[:20]), "rule": what},
+        metadata={"failing_rows": len(bad), "example_question_ids": dg.MetadataValue.json(bad[:20]), "rule": what,
+                  **(extra or {})},
     )
 
 
@@ -33,10 +34,11 @@ def _run_selected(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
     checks: dict[str, tuple[str, Callable[[], list[int]]]],
+    extra: dict | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
     for name, (rule, find_bad) in checks.items():
         if dg.AssetCheckKey(asset, name) in context.selected_asset_check_keys:
-            yield _result(asset, name, find_bad(), rule)
+            yield _result(asset, name, find_bad(), rule, extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +63,7 @@ def cleaned_qa_pairs_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
     # The run's partition when it has one (a partition's run judges that partition only), else every partition.
+    # (Not partitioned checks: Dagster 1.13 cannot run partitioned checks without their asset.)
     if context.has_partition_key:
         cleaned, raw = [data_dir.cleaned_file(context.partition_key)], [data_dir.raw_batch_file(context.partition_key)]
     else:
@@ -80,6 +83,7 @@ def cleaned_qa_pairs_checks(
                 lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(rows))),
             ),
         },
+        {"partition": context.partition_key if context.has_partition_key else "all"},
     )
 
 

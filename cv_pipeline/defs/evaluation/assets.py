@@ -75,7 +75,8 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         return dg.AssetCheckResult(passed=not worse, metadata={"losses": dg.MetadataValue.json(losses), "not_better": worse})
 
     @dg.asset(
-        deps=[adapter_evaluation],
+        # After the evaluation (exports what was measured); reads the adapters and the base model itself.
+        deps=[adapter_evaluation, base_model, *adapters],
         group_name="evaluation",
         code_version="1",
         kinds={"safetensors", "ollama"},

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.defs.metadata import image
+from cv_pipeline.defs.metadata import file_hash, image
 from cv_pipeline.defs.operations.automation import RETRAIN_ON_NEW_DATA
 from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 from cv_pipeline.defs.operations.k8s import CPU_STEP, GPU_STEP
@@ -61,7 +61,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
     def _adapter(context: dg.AssetExecutionContext, config: settings_cls, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
         from cv_pipeline.curation.dataset import load_split
         from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
-        from cv_pipeline.training.trainer import train_adapter
+        from cv_pipeline.training.trainer import TrainingError, train_adapter
 
         device = gpu.info()
         context.log.info(f"device: {device}")
@@ -75,19 +75,34 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         )
         out_dir = data_dir.sub("adapters", spec.name)
         with stop_when_interrupted(context, "the next run resumes from the last checkpoint"):
-            result = train_adapter(
-                base_model_dir=data_dir.base_model_dir(),
-                train_dataset=train,
-                eval_dataset=None,
-                out_dir=out_dir,
-                hparams=hparams,
-                lora=LoraHyperparams(r=config.lora_r, alpha=config.lora_alpha),
-                device=device,
-                log=context.log.info,
-            )
-        return dg.MaterializeResult(metadata=_training_metadata(result, out_dir))
+            try:
+                result = train_adapter(
+                    base_model_dir=data_dir.base_model_dir(),
+                    train_dataset=train,
+                    eval_dataset=None,
+                    out_dir=out_dir,
+                    hparams=hparams,
+                    lora=LoraHyperparams(r=config.lora_r, alpha=config.lora_alpha),
+                    device=device,
+                    log=context.log.info,
+                )
+            except TrainingError as exc:
+                # Settings, data or memory that a retry would meet again (the message says what to change):
+                # fail now instead of reloading the model under the RetryPolicy, which is for crashes.
+                raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        return dg.MaterializeResult(
+            metadata=_training_metadata(result, out_dir), data_version=dg.DataVersion(adapter_version(result.adapter_path))
+        )
 
     return _adapter
+
+
+def adapter_version(adapter_dir: Path) -> str:
+    """An adapter's data version: the hash of its weights and LoRA config, so that retraining with other
+    settings (which Dagster does not see in code version or inputs) marks evaluation and exports stale,
+    and a run that keeps its published adapter changes nothing downstream."""
+    parts = [file_hash(adapter_dir / name) for name in ("adapter_config.json", "adapter_model.safetensors")]
+    return "-".join(parts)
 
 
 def _training_metadata(result, out_dir: Path) -> dict:
