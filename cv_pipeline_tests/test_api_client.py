@@ -713,3 +713,35 @@ def test_sample_site_bad_input_fails_at_once(site_clock: FakeClock, kwargs: dict
     assert fragment in str(err.value)
     assert requests <= 2  # the filter, then the refused call: no retries
     assert KEY not in str(err.value) and TOKEN not in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["api.stackexchange.com/2.3", "ftp://api.stackexchange.com/2.3", "https://", "http://u:secret@"])
+def test_a_base_url_that_is_no_http_url_is_a_setting_error_not_an_outage(url: str, tmp_path: Path) -> None:
+    """A malformed api_base_url used to be retried six times as a network failure, then by the step's RetryPolicy,
+    ending with "unavailable or throttling: wait a few minutes". It fails at once, naming the setting."""
+    import dagster as dg
+
+    from cv_pipeline.defs.collection.assets import raw_question_batches
+    from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
+    from cv_pipeline.sources.base import SourceConfigError
+
+    with pytest.raises(SourceConfigError, match="api_base_url .* is not an http\\(s\\) URL") as caught:
+        StackExchangeAPISource(base_url=url)
+    assert isinstance(caught.value, ValueError) and "secret" not in str(caught.value)
+
+    resources = {"stackexchange": StackExchangeResource(source="api", api_base_url=url),
+                 "data_dir": DataDirResource(path=str(tmp_path))}
+    result = dg.materialize([raw_question_batches], partition_key="00000-04999", resources=resources,
+                            raise_on_error=False)
+    kinds = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "api_base_url" in failure.event_specific_data.error.message
+
+
+def test_settings_outside_the_apis_limits_are_setting_errors() -> None:
+    from cv_pipeline.sources.base import SourceConfigError
+
+    for bad in (dict(page_size=101), dict(site=""), dict(requests_per_second=30), dict(max_retries=-1)):
+        with pytest.raises(SourceConfigError):
+            StackExchangeAPISource(**bad)

@@ -242,6 +242,29 @@ def test_title_is_decoded_once(tmp_path: Path) -> None:
     assert DumpSource(path).fetch_page(1).questions[0].title == 'a &lt; b & c "d"'
 
 
+def test_control_characters_the_exporter_escaped_are_dropped_not_fatal(tmp_path: Path) -> None:
+    """Stack Exchange's exporter writes a control character in a post as a character reference ("&#x0E;"), which
+    XML 1.0 forbids and expat rejects: one such post must not stop the dump route. The references are dropped
+    (counted), every other reference is kept, also when the 1 MiB read cuts one in two."""
+    from cv_pipeline.sources import dump
+
+    body = "&lt;p&gt;Press &#x0E;&#x2318;-1, then &#xB;&#14;&#x1F;&#xFFFE;&#xD800;&#1114112;tab&#x9;&#39;&#xA;ok&lt;/p&gt;"
+    for shift in range(-90, 30, 3):  # the first chunk boundary falls at each place in the answer's references
+        pad = "&lt;p&gt;" + "x" * (dump._CHUNK - 330 + shift) + "&lt;/p&gt;"
+        rows = [q_row(1, 5, Body=pad), a_row(2, 1, 3, Body=body), q_row(3, 1)]
+        src = DumpSource(write_posts(tmp_path / f"Posts{shift}.xml", rows))
+        first, second = all_questions(src)
+        assert first.top_answer is not None
+        assert first.top_answer.body_html == "<p>Press \u2318-1, then tab\t'\nok</p>", shift
+        assert src.invalid_chars_dropped == 7 * src.passes
+        assert second.question_id == 3
+    # Decimal and hex, every code point XML 1.0 does or does not allow.
+    for cp in [*range(0x30), 0x7F, 0xD7FF, 0xD800, 0xDFFF, 0xE000, 0xFFFD, 0xFFFE, 0xFFFF, 0x10000, 0x10FFFF, 0x110000]:
+        for ref in (b"&#x%X;" % cp, b"&#x%04x;" % cp, b"&#%d;" % cp):
+            allowed = cp in (9, 10, 13) or 0x20 <= cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFD or 0x10000 <= cp <= 0x10FFFF
+            assert dump._xml_safe(b"a" + ref + b"b") == ((b"a" + ref + b"b", 0) if allowed else (b"ab", 1)), ref
+
+
 def test_all_fields_of_one_question(tmp_path: Path) -> None:
     rows = [
         q_row(10, 7, OwnerUserId="42", AcceptedAnswerId="12", AnswerCount="5", ClosedDate="2015-01-02T03:04:05.000",

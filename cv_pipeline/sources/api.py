@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceError, TransientSourceError
+from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceConfigError, SourceError, TransientSourceError
 from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage, pick_top_answer
 from cv_pipeline.sources.ratelimit import Clock, RequestGovernor, governor_for
 
@@ -146,6 +146,19 @@ class _CredentialTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+def _check_base_url(base_url: str) -> None:
+    """An http(s) URL with a host, or a clear error (retrying a malformed URL would only look like an outage)."""
+    shown = base_url.rsplit("@", 1)[-1]  # never echo a user:password part
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise SourceConfigError(
+            f"api_base_url {shown!r} is not an http(s) URL with a host: use e.g. {DEFAULT_BASE_URL} (the default)"
+        )
+
+
 class _Unreadable(Exception):
     """A body that is not the JSON object the API promises (truncated gzip, cut-off JSON, ...)."""
 
@@ -243,11 +256,12 @@ class StackExchangeAPISource(QuestionSource):
         label: str = "api",
     ):
         if not site or not isinstance(site, str):
-            raise ValueError(f"site {site!r} is not a Stack Exchange site name: use e.g. 'stats'")
+            raise SourceConfigError(f"site {site!r} is not a Stack Exchange site name: use e.g. 'stats'")
         if not 1 <= page_size <= 100:
-            raise ValueError(f"page_size={page_size} is outside the API's 1..100; use 100 (the default)")
+            raise SourceConfigError(f"page_size={page_size} is outside the API's 1..100; use 100 (the default)")
         if max_retries < 0:
-            raise ValueError(f"max_retries={max_retries} must be 0 or more")
+            raise SourceConfigError(f"max_retries={max_retries} must be 0 or more")
+        _check_base_url(base_url)
         self._site = site
         self.base_url = base_url.rstrip("/")
         self.page_size = page_size
@@ -386,6 +400,8 @@ class StackExchangeAPISource(QuestionSource):
             log.debug("GET %s %s", path, {k: v for k, v in params.items() if k != "include"})
             try:
                 response = self._client.get(path, params=params)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # no retry makes a bad URL good
+                raise SourceConfigError(f"GET {path}: {self._redact(str(exc))}; check api_base_url") from None
             except httpx.HTTPError as exc:  # timeouts, dropped connections, bad gzip stream
                 problem = self._redact(f"{exc.__class__.__name__}: {exc}".rstrip(": "))
                 continue

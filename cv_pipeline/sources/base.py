@@ -11,6 +11,10 @@ class SourceError(RuntimeError):
     """A source failed in a way a retry will not fix; the message names the input and the fix."""
 
 
+class SourceConfigError(SourceError, ValueError):
+    """A setting of the source is wrong (its URL, site name, page size, request rate): fix it, then re-run."""
+
+
 class TransientSourceError(SourceError):
     """The source kept failing with errors a later retry may fix (throttling, 5xx, dropped connections)."""
 

@@ -44,6 +44,39 @@ from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage, pick_
 EXPECTED = "expected the Posts.xml of a Stack Exchange data dump"
 _CHUNK = 1 << 20  # bytes fed to expat at a time: bounds the rows buffered between yields
 
+# Hex references XML 1.0 forbids (the exporter's form: "&#xA;" newlines are everywhere, so this must not
+# call back into Python for the allowed ones), and every decimal reference (rare; checked one by one).
+_SUSPECT_CHAR_REF = re.compile(
+    rb"&#(?:x0*(?:[0-8BbCcEeFf]|1[0-9A-Fa-f]|[Dd][89A-Fa-f][0-9A-Fa-f]{2}|[Ff]{3}[EeFf]"
+    rb"|(?:1[1-9A-Fa-f]|[2-9A-Fa-f][0-9A-Fa-f])[0-9A-Fa-f]{4}|[1-9A-Fa-f][0-9A-Fa-f]{6,})|0*([0-9]{1,12})|[0-9]{13,});"
+)
+def xml_allows(cp: int) -> bool:
+    """XML 1.0's Char production."""
+    return cp in (0x9, 0xA, 0xD) or 0x20 <= cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFD or 0x10000 <= cp <= 0x10FFFF
+
+
+def _xml_safe(data: bytes) -> tuple[bytes, int]:
+    """``data`` without the character references XML 1.0 forbids, and how many it held: to C0 controls other
+    than tab, LF and CR (Stack Exchange's exporter writes a control character in a post as "&#x0E;"), to
+    surrogates, U+FFFE/FFFF or past U+10FFFF. Expat rejects each of them, so a single one would stop every
+    partition; the cleaner would remove these characters anyway. (A raw control byte is not the exporter's
+    doing: that file is damaged, and expat's error says where.)"""
+    dropped = 0
+
+    def drop(m: re.Match[bytes]) -> bytes:
+        nonlocal dropped
+        decimal = m.group(1)
+        if decimal is not None and xml_allows(int(decimal)):
+            return m.group()
+        dropped += 1
+        return b""
+
+    refs = data.count(b"&#")
+    if refs and refs != data.count(b"&#xA;") + data.count(b"&#xD;"):  # anything but the exporter's line breaks
+        data = _SUSPECT_CHAR_REF.sub(drop, data)
+    return data, dropped
+
+
 # Licence by creation date where the dump has no ContentLicense attribute (meta.stackexchange.com/q/347758).
 _CC_BY_SA_3_FROM = int(datetime(2011, 4, 8, tzinfo=timezone.utc).timestamp())
 _CC_BY_SA_4_FROM = int(datetime(2018, 5, 2, tzinfo=timezone.utc).timestamp())
@@ -194,6 +227,8 @@ class DumpSource(QuestionSource):
         self._pages: dict[int, SourcePage] = {}
         #: Full streaming passes over the file so far (tests and metadata read it).
         self.passes = 0
+        #: Characters XML 1.0 forbids (control characters written as "&#x0E;", ...) dropped while reading.
+        self.invalid_chars_dropped = 0
         if not self.path.exists():
             raise SourceError(f"{self.path}: no such file; {EXPECTED} (or its .zip/.7z/.gz archive)")
 
@@ -406,14 +441,22 @@ class DumpSource(QuestionSource):
         parser.EntityDeclHandler = reader.entity
         parser.StartElementHandler = reader.start
         parser.EndElementHandler = reader.end
+        carry = b""  # a character reference cut by the chunk boundary waits for the rest of it
         with self._open() as stream:
             while True:
                 try:
                     chunk = stream.read(_CHUNK)
                 except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError, zlib.error) as exc:
                     raise self._damaged(exc) from exc
+                data, carry = carry + chunk, b""
+                if chunk:
+                    cut = data.rfind(b"&", max(0, len(data) - 16))
+                    if cut >= 0 and b";" not in data[cut:]:
+                        data, carry = data[:cut], data[cut:]
+                data, dropped = _xml_safe(data)
+                self.invalid_chars_dropped += dropped
                 try:
-                    parser.Parse(chunk, not chunk)
+                    parser.Parse(data, not chunk)
                 except pyexpat.ExpatError as exc:
                     raise self._xml_error(exc, reader, at_end=not chunk) from None
                 yield from reader.rows

@@ -13,6 +13,8 @@ import time
 import weakref
 from typing import Protocol
 
+from cv_pipeline.sources.base import SourceConfigError
+
 
 class Clock(Protocol):
     """Time as epoch seconds, plus a way to wait; injected so tests never really sleep."""
@@ -62,7 +64,7 @@ class FakeClock:
 
 def check_rate(requests_per_second: float) -> None:
     if not 0 < requests_per_second < 30:
-        raise ValueError(
+        raise SourceConfigError(
             f"requests_per_second={requests_per_second} must be above 0 and under 30 "
             "(the API bans addresses above 30/s); the default is 10"
         )

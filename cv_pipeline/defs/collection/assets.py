@@ -34,6 +34,12 @@ def raw_question_batches(
                 stackexchange.open(work_dir=data_dir.sub("raw", ".dump")) as source:
             context.log.info(f"collecting ranks {rank_range.start}-{rank_range.stop - 1} from {source.describe()}")
             batch = collect_batch(source, rank_range, out_file, data_dir.sub("raw", ".checkpoints", key), log=context.log)
+            extra = {}
+            if (dropped := getattr(source, "invalid_chars_dropped", None)) is not None:  # a dump
+                extra["invalid_xml_chars_dropped"] = dropped
+                if dropped:
+                    context.log.warning(f"dropped {dropped} character references XML 1.0 forbids (control characters "
+                                        "the dump's exporter escaped) while reading the dump")
     except QuotaExhausted as exc:
         # Waiting minutes will not help: the daily quota resets tomorrow. Pages fetched so far are kept.
         raise dg.Failure(description=str(exc), metadata={"resume_at_epoch": exc.resume_at or 0}, allow_retries=False) from exc
@@ -58,6 +64,7 @@ def raw_question_batches(
             "source": batch.source,
             "path": dg.MetadataValue.path(str(out_file)),
             "preview": dg.MetadataValue.md(md_table(preview, ["rank", "score", "title", "answer score"])),
+            **extra,
         },
         data_version=dg.DataVersion(file_hash(out_file)),
     )
