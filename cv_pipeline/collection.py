@@ -48,23 +48,37 @@ def stats_path(out_file: Path) -> Path:
     return out_file.with_name(f"{out_file.stem}.stats.json")
 
 
+# Saved pages older than this are not resumed: a batch would mix score snapshots days apart (the ranking moves).
+# Two days covers resuming after the daily quota resets; the weekly re-scrape starts afresh.
+CHECKPOINT_MAX_AGE_S = 48 * 3600
+
+
 def _checkpoint_owner(source: QuestionSource) -> dict[str, object]:
     # Everything that changes what a page holds: resuming pages of another shape would mix them in one batch.
-    return {"source": source.describe(), "site": source.site(), "page_size": source.page_size,
-            "keep_all_answers": source.keep_all_answers}
+    owner: dict[str, object] = {"source": source.describe(), "site": source.site(), "page_size": source.page_size,
+                                "keep_all_answers": source.keep_all_answers}
+    if snapshot := source.snapshot():  # only where there is one, so that earlier API checkpoints still resume
+        owner["snapshot"] = snapshot
+    return owner
 
 
-def _prepare_checkpoints(checkpoint_dir: Path, source: QuestionSource, log: Log) -> None:
-    """Keep saved pages only if the same source (site, page size, answers kept) wrote them."""
+def _prepare_checkpoints(checkpoint_dir: Path, source: QuestionSource, log: Log, max_age_s: float) -> None:
+    """Keep saved pages only if the same source (site, page size, answers kept, data version) wrote them,
+    starting less than ``max_age_s`` ago."""
     owner_file = checkpoint_dir / _SOURCE_FILE
     owner = _checkpoint_owner(source)
     if owner_file.exists():
         try:
             saved = json.loads(owner_file.read_text(encoding="utf-8"))
+            age = time.time() - owner_file.stat().st_mtime
         except (OSError, ValueError):
-            saved = None
+            saved, age = None, 0.0
         if saved != owner:
             log.warning("checkpoints in %s came from another source (%s); starting over", checkpoint_dir, saved)
+            shutil.rmtree(checkpoint_dir)
+        elif age > max_age_s:
+            log.warning("checkpoints in %s were started %.0f hours ago, and the ranking has moved since; starting over",
+                        checkpoint_dir, age / 3600)
             shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if not owner_file.exists():
@@ -88,16 +102,18 @@ def collect_batch(
     out_file: Path,
     checkpoint_dir: Path,
     log: Log | None = None,
+    max_checkpoint_age_s: float = CHECKPOINT_MAX_AGE_S,
 ) -> RawBatch:
     """Fetch ranks ``[rank_range.start, rank_range.stop)`` from ``source`` into ``out_file``.
 
     Raises whatever the source raises (e.g. `QuotaExhausted`) with the finished pages saved in
-    ``checkpoint_dir``; ``out_file`` is then left exactly as it was.
+    ``checkpoint_dir``; ``out_file`` is then left exactly as it was. A later call resumes from those pages
+    (same source and settings, saved less than ``max_checkpoint_age_s`` ago).
     """
     log = log or _log
     out_file, checkpoint_dir = Path(out_file), Path(checkpoint_dir)
     started = time.monotonic()
-    _prepare_checkpoints(checkpoint_dir, source, log)
+    _prepare_checkpoints(checkpoint_dir, source, log, max_checkpoint_age_s)
     stats = BatchStats()
     seen: set[int] = set()
     questions: list[RawQuestion] = []

@@ -134,6 +134,37 @@ def test_checkpoints_of_another_source_are_not_reused(tmp_path: Path, differs: s
     assert other.fetched == [1, 2, 3, 4, 5] and batch.stats.pages_resumed == 0
 
 
+def test_checkpoints_of_another_snapshot_or_days_old_are_not_reused(tmp_path: Path) -> None:
+    """A newer dump at the same path (its snapshot changes), or pages saved days ago (the ranking has moved since:
+    a batch would mix score snapshots), start over; pages from yesterday's quota stop still resume."""
+    import os
+    import time
+
+    from cv_pipeline.collection import CHECKPOINT_MAX_AGE_S
+
+    def stopped_at_page_3(snapshot: str) -> ListSource:
+        source = ListSource(200)
+        source.snapshot = lambda: snapshot  # type: ignore[method-assign]
+        source.fail_at[3] = QuotaExhausted("spent")
+        with pytest.raises(QuotaExhausted):
+            run(source, tmp_path)
+        return source
+
+    stopped_at_page_3("v1")
+    newer = ListSource(200)
+    newer.snapshot = lambda: "v2"  # type: ignore[method-assign]
+    assert run(newer, tmp_path).stats.pages_resumed == 0 and newer.fetched == [1, 2, 3, 4, 5]
+
+    owner = tmp_path / "checkpoints" / "00000-00049.json" / "source.json"
+    for age_h, resumed in ((20, 2), (CHECKPOINT_MAX_AGE_S / 3600 + 1, 0)):
+        stopped_at_page_3("v1")
+        then = time.time() - age_h * 3600
+        os.utime(owner, (then, then))
+        again = ListSource(200)
+        again.snapshot = lambda: "v1"  # type: ignore[method-assign]
+        assert run(again, tmp_path).stats.pages_resumed == resumed, age_h
+
+
 def test_corrupt_checkpoint_is_fetched_again(tmp_path: Path) -> None:
     source = ListSource(200)
     source.fail_at[3] = QuotaExhausted("spent")

@@ -43,6 +43,11 @@ class QuestionSource(abc.ABC):
     def site(self) -> str:
         """The Stack Exchange site name (e.g. ``stats``)."""
 
+    def snapshot(self) -> str:
+        """Which version of the data this is, where the source can tell (a dump file's size and mtime): pages
+        saved from another version are not resumed. Empty for a live source."""
+        return ""
+
     @abc.abstractmethod
     def fetch_page(self, page: int) -> SourcePage:
         """Return page ``page`` (1-based) of the ranking, each question with its answers picked."""

@@ -240,6 +240,10 @@ class DumpSource(QuestionSource):
     def site(self) -> str:
         return self._site
 
+    def snapshot(self) -> str:
+        # Not in describe(): batches of two downloads of one dump are one source for chat_dataset.
+        return _version_key(self.path)
+
     def fetch_page(self, page: int) -> SourcePage:
         if page < 1:
             raise ValueError(f"page numbers start at 1, got {page}")
