@@ -236,10 +236,12 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
     (tmp_path / "cleaned").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
     defs = build_definitions(get_profile("demo"), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection="chat_dataset lora_adapter_all_pairs lora_adapter_top_10k".split(),
         resources=defs.resources,
+        instance=instance,
         raise_on_error=False,
     )
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
@@ -250,6 +252,24 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
     assert not any(key.startswith("lora_adapter") for key in started), started
     assert not (tmp_path / "adapters" / "all_pairs" / "adapter").exists()
     assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
+
+    # A later run of an adapter alone (no checks in it to block) refuses the same data, naming the check.
+    alone = dg.materialize([*defs.assets], selection=["lora_adapter_top_10k"], resources=defs.resources,
+                           instance=instance, raise_on_error=False)
+    [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "failed its blocking checks chat_roles_alternate" in failure.event_specific_data.error.message
+    assert "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in alone.all_events]
+    assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
+
+    # Fixed and rebuilt with its checks passing, the dataset is accepted again.
+    rows[2]["answer"] = "Answer 3."
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    rebuilt = dg.materialize([*defs.assets, *defs.asset_checks], selection=["chat_dataset"], resources=defs.resources,
+                             instance=instance)
+    assert all(c.passed for c in rebuilt.get_asset_check_evaluations())
+    from cv_pipeline.defs.curation.checks import failed_dataset_checks
+
+    assert failed_dataset_checks(instance) == []
 
 
 def test_throttled_with_backoff_several_times_then_the_batch_completes(tmp_path):

@@ -180,3 +180,26 @@ def chat_dataset_checks(
             ),
         },
     )
+
+
+def failed_dataset_checks(instance: dg.DagsterInstance) -> list[str]:
+    """The blocking chat_dataset checks that failed on its latest materialisation.
+
+    Blocking checks stop the rest of the run they ran in; this lets a later run that does not include
+    them (*Materialize* on an adapter alone) refuse the same data.
+    """
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    latest = instance.get_latest_materialization_event(chat_dataset)
+    if latest is None:
+        return []
+    keys = [spec.key for spec in chat_dataset_checks.check_specs if spec.blocking]
+    failed = []
+    for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(keys).items():
+        if record.status != AssetCheckExecutionRecordStatus.FAILED or record.event is None:
+            continue
+        evaluation = record.event.dagster_event.event_specific_data  # an AssetCheckEvaluation
+        target = getattr(evaluation, "target_materialization_data", None)
+        if target is not None and target.run_id == latest.run_id:
+            failed.append(key.name)
+    return sorted(failed)

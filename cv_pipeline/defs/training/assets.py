@@ -63,6 +63,14 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
         from cv_pipeline.training.trainer import TrainingError, train_adapter
 
+        from cv_pipeline.defs.curation.checks import failed_dataset_checks
+
+        if failed := failed_dataset_checks(context.instance):
+            raise dg.Failure(
+                description=f"chat_dataset failed its blocking checks {', '.join(failed)} when it was last built: "
+                "fix what they report, then materialise chat_dataset (its checks run with it) before training",
+                allow_retries=False,
+            )
         device = gpu.info()
         context.log.info(f"device: {device}")
         dataset_dir = data_dir.sub("chat_dataset")
