@@ -76,7 +76,7 @@ def bs4_html_to_text(
         return ""
     if "\x00" in html:
         html = html.replace("\x00", "")
-    code_dollars = "$$" in html and ("<code" in html or "<CODE" in html)
+    code_dollars = "$$" in html and cleaner._CODE_TAG.search(html) is not None
     soup = BeautifulSoup(html, parser)
     out: list[str] = []
     stack: list[object] = [soup]

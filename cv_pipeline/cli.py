@@ -36,6 +36,11 @@ def dagster_home() -> Path:
         copy = home / "dagster.yaml"
         current = copy.read_text() if copy.exists() else None
         if current != wanted and (current is None or home == default or current.startswith(_COPY_HEADER)):
+            if current is not None and not current.startswith(_COPY_HEADER):
+                # Written before copies carried the header, perhaps edited since: kept beside, and said so.
+                write_text(copy.with_name("dagster.yaml.bak"), current)
+                print(f"note: {copy} now follows the project's dagster.yaml; the earlier one is kept as "
+                      f"{copy.name}.bak (put lasting settings in {src})", file=sys.stderr)
             write_text(copy, wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return home

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html as html_lib
 import json
 import re
+import time
 import unicodedata
 from xml.etree import ElementTree
 from datetime import timedelta
@@ -169,6 +170,8 @@ CASES_BOTH_MODES = [
     ("<ul><li><ul><li>x</li><li>y</li></ul></li><li>a</li></ul>", "-\n  - x\n  - y\n- a"),
     ("<ol><li><img src=x><ol><li>x</li></ol></li><li>a</li></ol>", "1.\n  1. x\n2. a"),
     ("<ul><li><p></p><ol><li>x</li></ol>tail</li></ul>", "-\n  1. x\n  tail"),
+    ("<ul><li><ul></ul>text</li></ul>", "- text"),  # an empty nested list leaves the item as it was
+    ("<li><ul><li>a</li></ul></li>", "- a"),  # a stray item outside any list has no level to keep
     ("<p>intro</p><ul><li>a</li></ul><p>outro</p>", "intro\n\n- a\n\noutro"),
     ("<ul><li>a<br>b</li></ul>", "- a\n  b"),
     ("a<br>b<br/>c", "a\nb\nc"),
@@ -195,6 +198,7 @@ CASES_BOTH_MODES = [
     ("<ul><li>PHP <code>$$name</code>\n  and\n  <code>$$x</code></li></ul>", "- PHP $$name and $$x"),
     ("<p>$$a\n  b$$ then <code>x$y</code>   z</p>", "$$a\n  b$$ then x$y z"),
     ("<p>$$a <code>q</code>\n  b$$</p>", "$$a q\n  b$$"),
+    ("<p><Code>$$ a</Code>  b \n  c $$</p>", "$$ a b c $$"),
     ('<p>see <img src="x.png" alt="enter image description here"> it</p>', "see it"),
     ("<blockquote><p>quoted</p></blockquote><p>after</p>", "quoted\n\nafter"),
     ("<h2>Title</h2><p>text</p><h3>Sub</h3>", "Title\n\ntext\n\nSub"),
@@ -233,7 +237,8 @@ CASES_BY_MODE = [
     ("σ α Ω μ", "&sigma; &alpha; &Omega; &mu;", "σ α Ω μ"),
     ("café naïve Ångström", "cafe naive Angstrom", "café naïve Ångström"),
     ("cafe\u0301", "cafe", "cafe\u0301"),  # decomposed accent
-    ("q\u0301 x\u20d7", "q x", "q\u0301 x\u20d7"),  # accents no precomposed letter absorbs
+    ("q\u0301 e\u0323\u0304", "q e", "q\u0301 e\u0323\u0304"),  # accents no precomposed letter absorbs
+    ("x\u20d7", "x&#8407;", "x\u20d7"),  # but a combining mark for symbols (a vector arrow) means something
     ("Straße, æ, ø, ł", "Strasse, ae, o, l", "Straße, æ, ø, ł"),
     ("2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b", "2x3 <= 7 >= 1 != 0 +/-1 a->b", "2×3 ≤ 7 ≥ 1 ≠ 0 ±1 a→b"),
     ("x² ½ ¹", "x&sup2; &frac12; &sup1;", "x² ½ ¹"),  # not "x2": superscripts keep their meaning
@@ -521,12 +526,18 @@ def test_invalid_utf8_never_raises(raw: bytes) -> None:
         "\x00<p>\x00P\x00X</p>" * 1_000,
         "<frameset><frame></frameset>",
         "<script>" + "x" * 100_000,
+        # The deep-input fallback's notice search: a long tag name, and a tag of many class attributes, no ">"
+        # (a lazy regex once took seconds on 28 KB of this and minutes on the sizes here).
+        "<div>" * 1_001 + "<b>" * 999 + "notice<" + "a" * 300_000 + " class=x",
+        "<div>" * 2_100 + "notice <a" + " class=x" * 40_000,
     ],
     ids=["div10k", "ul-li10k", "b-i10k", "ol900", "table3k", "huge-entity", "bad-numeric", "br20k", "dollars",
-         "huge-start", "nul", "frameset", "unclosed-script"],
+         "huge-start", "nul", "frameset", "unclosed-script", "fallback-long-name", "fallback-many-classes"],
 )
 def test_hostile_documents(html: str) -> None:
+    started = time.perf_counter()
     text = html_to_text(html)
+    assert time.perf_counter() - started < 10, "hostile input must stay linear"  # quadratic here takes minutes
     assert not _MARKUP.search(text)
     assert text.isascii()
     # Output stays linear in the input (list indentation is capped).
@@ -550,6 +561,14 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
     assert html_to_text(notices + body + "<span>" * 2_100 + "end") == expected
     assert html_to_text(deep + notices + body + "end") == expected
     assert html_to_text(deep + '<div class="post-notice">never closed' + "<p>gone</p>") == ""
+    # A <pre> only inside what is removed is no code block, and what is removed is counted, as in the tree passes.
+    for removed in ('<div class="js-post-notice"><pre>x</pre> closed</div>', "<script><pre>x</pre></script>",
+                    "<!-- <pre>x</pre> -->"):
+        body = removed + "<p>text</p><script>s()</script>"
+        assert not has_code_block(body) and not has_code_block(deep + body)
+        tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+        assert tree.text == fallback.text == "text"
+        assert (fallback.notices_removed, fallback.elements_dropped) == (tree.notices_removed, tree.elements_dropped)
     assert has_code_block(deep + "<pre>x</pre>")
     assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")
 

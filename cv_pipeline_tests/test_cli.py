@@ -287,10 +287,12 @@ def test_dagster_home_copy_follows_the_projects_dagster_yaml(tmp_path, monkeypat
     (project / "dagster.yaml").write_text("run_queue:\n  max_concurrent_runs: 2\n")
     assert cli.dagster_home() / "dagster.yaml" == copy
     assert copy.read_text().endswith("max_concurrent_runs: 2\n")
-    # The default home is this command's own: a copy written before the header existed is refreshed too.
+    # The default home is this command's own: a copy written before the header existed is refreshed too, the
+    # earlier file (perhaps edited) kept beside it.
     copy.write_text("run_queue:\n  max_concurrent_runs: 1\n")
     cli.dagster_home()
     assert copy.read_text().endswith("max_concurrent_runs: 2\n")
+    assert (copy.parent / "dagster.yaml.bak").read_text() == "run_queue:\n  max_concurrent_runs: 1\n"
 
     mine = tmp_path / "mine"
     mine.mkdir()

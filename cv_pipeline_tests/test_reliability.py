@@ -272,6 +272,32 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
     assert failed_dataset_checks(instance) == []
 
 
+def test_a_blocking_check_that_raised_counts_as_failed_for_a_later_adapter_run(tmp_path, monkeypatch):
+    """A check that crashed (its record stays PLANNED in a finished run) did not pass: training refuses that build."""
+    from cv_pipeline.curation.dataset import build_chat_dataset, save_chat_dataset
+    from cv_pipeline.defs.curation import checks
+    from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline_tests.test_dataset import pair
+
+    rows = [pair(q, q) for q in range(1, 60)]
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    save_chat_dataset(build_chat_dataset(rows, top_n=10), tmp_path / "chat_dataset")
+    defs = build_definitions(get_profile("demo"), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def crash(_data_dir):
+        raise OSError("the dataset folder vanished")
+
+    monkeypatch.setattr(checks, "_splits", crash)
+    result = dg.materialize([*defs.assets, *defs.asset_checks], selection=["chat_dataset"], resources=defs.resources,
+                            instance=instance, raise_on_error=False)
+    assert not result.success and result.get_asset_materialization_events()
+    assert checks.failed_dataset_checks(instance) == sorted(
+        spec.key.name for spec in checks.chat_dataset_checks.check_specs)
+
+
 def test_throttled_with_backoff_several_times_then_the_batch_completes(tmp_path):
     """Scenario 1: `throttle_violation` carrying `backoff`, three times; the client waits each one out."""
     from cv_pipeline.collection import collect_batch

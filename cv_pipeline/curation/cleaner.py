@@ -130,7 +130,8 @@ _KEEP_COMPAT = ("<super>", "<sub>", "<fraction>", "<circle>", "<square>")
 
 # Combining diacritical marks (U+0300-036F and its supplements and extensions): accents, removed
 # like those canonical decomposition separates (é->e) when no precomposed form absorbs them (q + U+0301).
-_DIACRITIC_RANGES = ((0x300, 0x370), (0x1AB0, 0x1B00), (0x1DC0, 0x1E00), (0x20D0, 0x2100), (0xFE20, 0xFE30))
+# Not the combining marks for symbols (U+20D0-20FF: x + U+20D7 is a vector): those stay entities.
+_DIACRITIC_RANGES = ((0x300, 0x370), (0x1AB0, 0x1B00), (0x1DC0, 0x1E00), (0xFE20, 0xFE30))
 
 
 def _ascii_form(ch: str) -> str | None:
@@ -338,6 +339,7 @@ _AROUND: dict[str, tuple[str, str]] = {
 }
 _WS = re.compile(r"[ \t\n\r\f]+")
 _PRE_TAG = re.compile(r"<(?:pre|listing)[\s/>]", re.I)  # <listing> is an obsolete <pre>
+_CODE_TAG = re.compile(r"<code[\s/>]", re.I)
 
 
 @dataclass(slots=True)
@@ -739,6 +741,7 @@ def _layout(marked: str) -> str:
     out: list[str] = []
     pending = 0  # newlines owed before the next text (0, 1 or 2)
     prefix: str | None = None  # a list-item marker owed before the next text
+    prefix_depth = 0  # how many lists were open when that item started
     lists: list[list] = []  # [ordered, next number] per open list
     pre = table = cells = 0  # open <pre>s, open tables, cells seen in the current row
     last_space = False
@@ -776,6 +779,15 @@ def _layout(marked: str) -> str:
             else:
                 pending = max(pending, 1 if lists else 2)
         elif code == "I":
+            if prefix is not None and 0 < prefix_depth < len(lists):
+                # The enclosing item holds nothing but this nested list so far: its bullet or number on a
+                # line of its own, so that this item stays under it (a stray <li> outside lists has none).
+                if out:
+                    out[-1] = out[-1].rstrip(" \t\n")
+                    out.append("\n" * max(pending, 1))
+                out.append(prefix.rstrip(" "))
+                pending, prefix, last_space = 0, None, False
+            prefix_depth = len(lists)
             if lists:
                 ordered, n = lists[-1]
                 lists[-1][1] = n + 1
@@ -787,12 +799,6 @@ def _layout(marked: str) -> str:
             pending = max(pending, 1)
             prefix = None
         elif code == "U" or code == "O":
-            if prefix is not None:  # an item whose first content is this list: its bullet or number alone
-                if out:
-                    out[-1] = out[-1].rstrip(" \t\n")
-                    out.append("\n" * max(pending, 1))
-                out.append(prefix.rstrip(" "))
-                pending, prefix, last_space = 0, None, False
             if code == "O":
                 num, _, t = t.partition(";")
                 lists.append([True, int(num)])
@@ -939,25 +945,26 @@ _FB_BREAK = re.compile(
     r"<(?:/?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6]|pre|dl|dd|dt)|br|hr)\b[^>]*(?:>|$)", re.I
 )
 _FB_TAG = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|$)")
-# A start tag whose class attribute names a notice (rule 2's selectors, as _is_notice reads them).
-_FB_NOTICE = re.compile(
-    r"<([a-zA-Z][^\s/<>]*)[^<>]*?\sclass\s*=\s*(?:\"([^\"<>]*)\"|'([^'<>]*)'|([^\s<>]*))[^<>]*>", re.I
-)
+# Start tags, and the class attribute in one's attribute text: possessive quantifiers and a separate search keep
+# the fallback linear on hostile input (a lazy scan for " class=" inside one regex was quadratic).
+_FB_START_TAG = re.compile(r"<([a-zA-Z][^\s/<>]*+)([^<>]*+)")
+_FB_CLASS = re.compile(r"""\sclass\s*+=\s*+(?:"([^"]*+)"|'([^']*+)'|([^\s"']*+))""", re.I)
 
 
-def _fb_drop_notices(html: str) -> str:
-    """Cut each notice element, from its start tag to the end tag that closes it (or the end).
+def _fb_drop_notices(html: str) -> tuple[str, int]:
+    """Cut each notice element, from its start tag to the end tag that closes it (or the end); and how many.
 
     One forward scan per notice from where the last one ended, counting start and end tags of
     the notice's own name, so the whole pass stays linear in the input.
     """
     out: list[str] = []
     pos = 0
-    for m in _FB_NOTICE.finditer(html):
-        if m.start() < pos:
+    for m in _FB_START_TAG.finditer(html):
+        if m.start() < pos or "notice" not in m.group(2):
             continue
+        c = _FB_CLASS.search(m.group(2))
         tag = m.group(1).lower()
-        tokens = (m.group(2) or m.group(3) or m.group(4) or "").split()
+        tokens = (c.group(1) or c.group(2) or c.group(3) or "").split() if c else ()
         if not ("js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)):
             continue
         out.append(html[pos : m.start()])
@@ -969,9 +976,9 @@ def _fb_drop_notices(html: str) -> str:
                 break
         pos = end
     if not out:
-        return html
+        return html, 0
     out.append(html[pos:])
-    return "".join(out)
+    return "".join(out), len(out) - 1
 
 
 def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
@@ -981,10 +988,11 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     paragraph; whitespace collapses outside $$...$$ as in the tree passes.
     """
     html = html.replace("\x00", "")  # so that no input can forge a paragraph marker
-    conv.has_pre = _PRE_TAG.search(html) is not None
     if "notice" in html:
-        html = _fb_drop_notices(html)
-    text = _FB_COMMENT.sub("", _FB_DROP.sub("", html))
+        html, conv.notices_removed = _fb_drop_notices(html)
+    text, conv.elements_dropped = _FB_DROP.subn("", html)
+    text = _FB_COMMENT.sub("", text)
+    conv.has_pre = _PRE_TAG.search(text) is not None  # as the tree passes see it: not in what was removed
     text = _FB_TAG.sub("", _FB_BREAK.sub("\x00P", text))
     text = _html.unescape(text)  # "&#0;" becomes U+FFFD, never NUL
     text, conv.chars_normalized = normalize_chars(text, config.normalization)
@@ -1001,7 +1009,7 @@ def _tree_pass(
         html = html.replace("\x00", "")
     root = _parse_into_container(html)
     find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
-    code_dollars = "$$" in html and ("<code" in html or "<CODE" in html)
+    code_dollars = "$$" in html and _CODE_TAG.search(html) is not None
     runs = _runs_text(root, code_dollars) if runs_pass and not find_notices else None
     return html, root, find_notices, code_dollars, runs
 

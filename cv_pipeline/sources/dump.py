@@ -50,6 +50,10 @@ _SUSPECT_CHAR_REF = re.compile(
     rb"&#(?:x0*(?:[0-8BbCcEeFf]|1[0-9A-Fa-f]|[Dd][89A-Fa-f][0-9A-Fa-f]{2}|[Ff]{3}[EeFf]"
     rb"|(?:1[1-9A-Fa-f]|[2-9A-Fa-f][0-9A-Fa-f])[0-9A-Fa-f]{4}|[1-9A-Fa-f][0-9A-Fa-f]{6,})|0*([0-9]{1,12})|[0-9]{13,});"
 )
+# The end of a chunk that may be the start of a character reference (of any length: "&#x0000000E;" is one too).
+_UNFINISHED_REF = re.compile(rb"&(?:#(?:[xX][0-9A-Fa-f]*+|[0-9]*+)?)?")
+
+
 def xml_allows(cp: int) -> bool:
     """XML 1.0's Char production."""
     return cp in (0x9, 0xA, 0xD) or 0x20 <= cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFD or 0x10000 <= cp <= 0x10FFFF
@@ -446,6 +450,7 @@ class DumpSource(QuestionSource):
         parser.StartElementHandler = reader.start
         parser.EndElementHandler = reader.end
         carry = b""  # a character reference cut by the chunk boundary waits for the rest of it
+        dropped_this_pass = 0
         with self._open() as stream:
             while True:
                 try:
@@ -454,11 +459,13 @@ class DumpSource(QuestionSource):
                     raise self._damaged(exc) from exc
                 data, carry = carry + chunk, b""
                 if chunk:
-                    cut = data.rfind(b"&", max(0, len(data) - 16))
-                    if cut >= 0 and b";" not in data[cut:]:
+                    cut = data.rfind(b"&")
+                    if cut >= 0 and len(data) - cut <= _CHUNK and _UNFINISHED_REF.fullmatch(data, cut) is not None:
                         data, carry = data[:cut], data[cut:]
                 data, dropped = _xml_safe(data)
-                self.invalid_chars_dropped += dropped
+                dropped_this_pass += dropped
+                # Every pass reads the same file: the count is one pass's, not the sum over passes.
+                self.invalid_chars_dropped = max(self.invalid_chars_dropped, dropped_this_pass)
                 try:
                     parser.Parse(data, not chunk)
                 except pyexpat.ExpatError as exc:

@@ -196,10 +196,14 @@ def failed_dataset_checks(instance: dg.DagsterInstance) -> list[str]:
     keys = [spec.key for spec in chat_dataset_checks.check_specs if spec.blocking]
     failed = []
     for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(keys).items():
-        if record.status != AssetCheckExecutionRecordStatus.FAILED or record.event is None:
-            continue
-        evaluation = record.event.dagster_event.event_specific_data  # an AssetCheckEvaluation
-        target = getattr(evaluation, "target_materialization_data", None)
-        if target is not None and target.run_id == latest.run_id:
-            failed.append(key.name)
+        if record.status == AssetCheckExecutionRecordStatus.FAILED and record.event is not None:
+            evaluation = record.event.dagster_event.event_specific_data  # an AssetCheckEvaluation
+            target = getattr(evaluation, "target_materialization_data", None)
+            if target is not None and target.run_id == latest.run_id:
+                failed.append(key.name)
+        elif record.status == AssetCheckExecutionRecordStatus.PLANNED and record.run_id == latest.run_id:
+            # Planned in the run that built the dataset, which has ended: the check raised instead of passing.
+            run = instance.get_run_by_id(record.run_id)
+            if run is not None and run.is_finished:
+                failed.append(key.name)
     return sorted(failed)
