@@ -146,8 +146,10 @@ def tree_pass_text(html: str) -> str:
 
     The cleaner's rarer detours (a too-deep body's fallback, a runs layout handed back to the general
     pass) happen after this point, so the breakdown counts them as layout."""
-    _, root, find_notices, code_dollars, runs = cleaner._tree_pass(html)
-    return runs[0] if runs is not None else cleaner._mark(root, cleaner._Converted(""), find_notices, code_dollars)
+    html, root, find_notices, runs = cleaner._tree_pass(html)
+    if runs is not None:
+        return runs[0]
+    return cleaner._mark(root, cleaner._Converted(""), find_notices, cleaner._code_dollars(html))
 
 
 def without_layout(html: str) -> str:
@@ -157,7 +159,7 @@ def without_layout(html: str) -> str:
 
 def body_kind(html: str) -> str:
     """'paragraphs' when the runs pass finds paragraph-like blocks only, else 'structured'."""
-    runs = cleaner._tree_pass(html)[4]
+    runs = cleaner._tree_pass(html)[3]
     return "paragraphs" if runs is not None and not runs[3] else "structured"
 
 

@@ -619,7 +619,7 @@ def test_runs_pass_matches_general_pass(html: str, mode: str) -> None:
 
 def _runs_pass_lays_out(html: str) -> bool:
     """Does the runs pass take this body all the way (no hand-over to the general pass)?"""
-    runs = cleaner._runs_text(cleaner._parse_into_container(html))
+    runs = cleaner._runs_text(cleaner._parse_into_container(html), html)
     return "notice" not in html and runs is not None and (not runs[3] or cleaner._join_runs(cleaner.normalize_chars(runs[0])[0]) is not None)
 
 

@@ -456,13 +456,13 @@ _CODE_ID = _tag_id("code")
 _FIRST_ELEMENT_ID = _tag_id("a")
 
 
-def _runs_text(root: LexborNode, code_dollars: bool = False) -> tuple[str, int, bool, bool] | None:
+def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] | None:
     """The runs pass, for bodies without notices, dropped elements or comments (most of them).
 
     Returns the text with a block separator between runs of text, the images removed, whether
     there is a <pre> and whether there are markers (_join_runs lays those out, _join_blocks
-    the rest); or None, tree untouched, when the body has anything else (or, with
-    `code_dollars`, a <code> holding "$": see _mark).
+    the rest); or None, tree untouched, when the body has anything else (or, when `html` has
+    "$$", a <code> holding "$": see _mark).
 
     Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
     adjacent text nodes leaves one text node per run of text between two element boundaries,
@@ -476,30 +476,37 @@ def _runs_text(root: LexborNode, code_dollars: bool = False) -> tuple[str, int, 
     nodes = root.traverse()
     next(nodes)  # the container itself
     inline = []
+    codes = []
     marked = []
     breaks = []
     items = []
     pres = []
     images = 0
+    # Locals: this loop runs for every element of nearly every body, and a global lookup costs more.
+    block_ids, run_marker_ids, pre_ids, not_in_runs = _BLOCK_IDS, _RUN_MARKER_IDS, _PRE_IDS, _NOT_IN_RUNS_IDS
+    br_id, li_id, img_id, code_id, first_element = _BR_ID, _LI_ID, _IMG_ID, _CODE_ID, _FIRST_ELEMENT_ID
     for node in nodes:
         tag = node.tag_id  # an int: cheaper than the name, which is a new str on every call
-        if tag in _BLOCK_IDS:
+        if tag in block_ids:
             continue
-        if tag in _RUN_MARKER_IDS:
+        if tag in run_marker_ids:
             marked.append(node)
-        elif tag == _BR_ID:
+        elif tag == br_id:
             breaks.append(node)
-        elif tag == _LI_ID:
+        elif tag == li_id:
             items.append(node)
-        elif tag in _PRE_IDS:
+        elif tag in pre_ids:
             pres.append(node)
-        elif tag in _NOT_IN_RUNS_IDS or tag < _FIRST_ELEMENT_ID:  # below: comments, instructions
+        elif tag in not_in_runs or tag < first_element:  # below: comments, instructions
             return None
         else:
-            if code_dollars and tag == _CODE_ID and "$" in node.text():
-                return None
-            images += tag == _IMG_ID
+            images += tag == img_id
             inline.append(node)
+            if tag == code_id:
+                codes.append(node)
+    # Looked for only in bodies with <code> (a scan of the HTML costs about what the int compares above do).
+    if codes and "$$" in html and any("$" in code.text() for code in codes):
+        return None
     # Document order: an element is unwrapped before its descendants, and only empty elements
     # (which have none) are deleted, so every node here is still alive when reached.
     for node in inline:
@@ -999,19 +1006,19 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     conv.text = _join_blocks(text)
 
 
-def _tree_pass(
-    html: str, runs_pass: bool = True
-) -> tuple[str, LexborNode, bool, bool, tuple[str, int, bool, bool] | None]:
+def _tree_pass(html: str, runs_pass: bool = True) -> tuple[str, LexborNode, bool, tuple[str, int, bool, bool] | None]:
     """Parse a body (NUL removed) and try the runs pass: the HTML parsed, its tree, whether to look for
-    notices, whether <code> may hold a "$$" delimiter (see _mark), and _runs_text's result (None:
-    the tree is untouched, for the general pass)."""
+    notices, and _runs_text's result (None: the tree is untouched, for the general pass)."""
     if "\x00" in html:
         html = html.replace("\x00", "")
     root = _parse_into_container(html)
     find_notices = "notice" in html  # cheap pre-check: reading attributes of every node is not
-    code_dollars = "$$" in html and _CODE_TAG.search(html) is not None
-    runs = _runs_text(root, code_dollars) if runs_pass and not find_notices else None
-    return html, root, find_notices, code_dollars, runs
+    return html, root, find_notices, _runs_text(root, html) if runs_pass and not find_notices else None
+
+
+def _code_dollars(html: str) -> bool:
+    """Whether a <code> may hold a "$$" (see _mark): the general pass's check, which the runs pass makes its own way."""
+    return "$$" in html and _CODE_TAG.search(html) is not None
 
 
 def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
@@ -1023,7 +1030,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
     if _too_deep(html):
         _fallback(html, conv, config)
         return conv
-    html, root, find_notices, code_dollars, runs = _tree_pass(html, runs_pass)
+    html, root, find_notices, runs = _tree_pass(html, runs_pass)
     if runs is not None:
         text, images, has_pre, markers = runs
         text, changed = normalize_chars(text, config.normalization)
@@ -1032,7 +1039,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
             conv.text, conv.chars_normalized, conv.images_dropped, conv.has_pre = laid_out, changed, images, has_pre
             return conv
         root = _parse_into_container(html)  # the runs pass changed the tree: start again
-    marked = _mark(root, conv, find_notices, code_dollars)
+    marked = _mark(root, conv, find_notices, _code_dollars(html))
     if not marked:
         return conv
     conv.has_pre = "\x00X" in marked
