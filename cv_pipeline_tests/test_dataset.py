@@ -192,6 +192,16 @@ def test_each_row_carries_the_answer_licence_and_link_for_attribution():
     assert rec["answer_link"] == "https://cstheory.meta.stackexchange.com/a/795"
 
 
+@pytest.mark.parametrize(("licence", "answer_licence", "flagged"), [
+    ("CC BY-SA 4.0", "CC BY-SA 3.0", False), ("", "CC BY-SA 3.0", True), ("CC BY-SA 4.0", "  ", True),
+    ("unknown", "CC BY-SA 3.0", True), ("CC BY-SA 4.0", "Unknown", True), (None, "CC BY-SA 3.0", True),
+])
+def test_a_row_without_a_known_licence_fails_the_licence_checks(licence, answer_licence, flagged):
+    """'unknown' (a post with neither a licence nor a creation date) cannot be attributed as CC BY-SA asks."""
+    row = pair(7, 1) | {"license": licence, "answer_license": answer_licence}
+    assert validate.rows_without_attribution([row]) == ([7] if flagged else [])
+
+
 def test_a_partition_that_kept_no_pair_does_not_break_the_dataset(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -71,8 +71,15 @@ def rows_with_empty_text(rows: Iterable[dict], fields: tuple[str, ...] = ("quest
 
 
 def rows_without_attribution(rows: Iterable[dict], fields: tuple[str, ...] = ("license", "answer_license")) -> list[int]:
-    """Rows where any of the attribution ``fields`` (by default the question's and the answer's licence) is blank."""
-    return [r["question_id"] for r in rows if not all((r.get(f) or "").strip() for f in fields)]
+    """Rows where any of the attribution ``fields`` (by default the question's and the answer's licence) is blank,
+    or "unknown" (what `infer_license` says of a post with neither a licence nor a creation date): such a row
+    cannot be attributed as CC BY-SA requires."""
+    return [r["question_id"] for r in rows if not all(_known(r.get(f)) for f in fields)]
+
+
+def _known(value: object) -> bool:
+    text = str(value or "").strip()
+    return bool(text) and text.lower() != "unknown"
 
 
 def bad_roles(rows: Iterable[dict]) -> list[int]:
