@@ -101,13 +101,29 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     now, cursor = requested(cursor)
     assert now == set(ADAPTERS)  # fixed data, checks passed: retrain
 
+    # A re-scrape under way (a partition's collection running, two levels above the dataset): new data waits
+    # until it is over, so that training happens once, on the dataset the re-scrape ends with.
+    from dagster._core.events import DagsterEvent, DagsterEventType
 
-def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str):
-    """A run of ``job`` in progress (STARTED), as the daemon would have launched it."""
+    for adapter in ADAPTERS:  # the adapters have read the current dataset
+        instance.report_runless_asset_event(dg.AssetMaterialization(adapter))
+    dataset(15)
+    collecting = _start_run(instance, defs, "collect_raw_batches", partition="05000-09999")
+    now, cursor = requested(cursor)
+    assert now == set()
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
+                                               job_name="collect_raw_batches"), run_id=collecting.run_id)
+    now, cursor = requested(cursor)
+    assert now == set(ADAPTERS)
+
+
+def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str, partition: str | None = None):
+    """A run of ``job`` (for ``partition``) in progress (STARTED), as the daemon would have launched it."""
     from dagster._core.events import DagsterEvent, DagsterEventType
 
     job_def = defs.resolve_job_def(job)
-    run = instance.create_run_for_job(job_def, asset_selection=frozenset(job_def.asset_layer.selected_asset_keys))
+    run = instance.create_run_for_job(job_def, asset_selection=frozenset(job_def.asset_layer.selected_asset_keys),
+                                      tags={"dagster/partition": partition} if partition else None)
     instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job),
                                   run_id=run.run_id)
     return run

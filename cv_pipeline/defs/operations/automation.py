@@ -136,12 +136,20 @@ FOLLOW_ANY_PARTITION = (
 # the adapter has not read, never because code was refactored or an identical dataset was
 # re-materialised; and only once the dataset passed its blocking checks (those stop later steps of the
 # same run only, and this request starts a new run).
+# A re-scrape rebuilds the dataset once per partition it re-cleans: training waits until nothing upstream
+# (the dataset, cleaning, collection: up to three levels) is running or about to be requested, so that it
+# trains once, on the dataset the whole re-scrape ends with, not on each one on the way.
+_BUSY = _AC.in_progress() | _AC.will_be_requested()
+UPSTREAM_BUSY = _AC.any_deps_match(_BUSY | _AC.any_deps_match(_BUSY | _AC.any_deps_match(_BUSY))).with_label(
+    "upstream_busy"
+)
+
 RETRAIN_ON_NEW_DATA = (
     NewDataToRead()
     & _AC.all_deps_blocking_checks_passed()
     & ~_AC.any_deps_missing()
     & ~_AC.in_progress()
-    & ~_AC.any_deps_in_progress()
+    & ~UPSTREAM_BUSY
 ).with_label("retrain_on_new_data")
 
 with warnings.catch_warnings():
