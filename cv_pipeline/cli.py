@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an adapter, or the base model (default: top_10k)")
     a.add_argument("--device", default="auto", type=_device, help="auto, cpu, mps, cuda or cuda:N (default: auto)")
     a.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length cap of the answer (default: 256)")
-    sub.add_parser("ui", formatter_class=_Help, help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
+    ui = sub.add_parser("ui", formatter_class=_Help, help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
+    ui.add_argument("--port", type=_positive_int, default=3000, help="port of the web UI (default: 3000)")
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Started in the background by a script, which ignores SIGINT for its jobs: Dagster's in-process
@@ -346,7 +347,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         _profile(args.profile)  # a misspelt profile is named here, not as a broken code location in the UI
         # dagster dev runs in the repository: pin the data folder this command would use (resolved here).
         os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir())
-        return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1"], cwd=REPO_ROOT)
+        return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+                                "-h", "127.0.0.1", "-p", str(args.port)], cwd=REPO_ROOT)
     return 0
 
 

@@ -207,15 +207,15 @@ def test_ui_started_from_another_folder_uses_the_data_folder_of_that_folder(tmp_
     def fake_call(cmd, cwd):  # stands in for starting the webserver and daemon
         import os
 
-        seen.update(cwd=cwd, data=os.environ["CV_PIPELINE_DATA_DIR"], home=os.environ["DAGSTER_HOME"])
+        seen.update(cmd=cmd, cwd=cwd, data=os.environ["CV_PIPELINE_DATA_DIR"], home=os.environ["DAGSTER_HOME"])
         return 0
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CV_PIPELINE_DATA_DIR", "mydata")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setattr(cli.subprocess, "call", fake_call)
-    assert cli.main(["ui"]) == 0
-    assert seen["cwd"] == cli.REPO_ROOT
+    assert cli.main(["ui", "--port", "3321"]) == 0
+    assert seen["cwd"] == cli.REPO_ROOT and seen["cmd"][-2:] == ["-p", "3321"]
     assert seen["data"] == str(tmp_path / "mydata") and seen["home"] == str(tmp_path / ".dagster_home")
 
 

@@ -126,6 +126,59 @@ def test_the_resource_an_asset_receives_never_prints_its_secrets(tmp_path, monke
     assert not any("s3cret" in text for text in seen)
 
 
+def test_a_key_typed_into_the_run_config_is_refused_and_never_shown(tmp_path, monkeypatch):
+    """Dagster stores run config as written: a key typed into the launchpad would sit in the run history in plain
+    text. The run refuses it (naming the variable to set instead); a key from the environment is accepted."""
+    from cv_pipeline.defs.collection.assets import raw_question_batches
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.sources.base import SourceConfigError
+
+    with pytest.raises(SourceConfigError, match="STACKEXCHANGE_KEY") as caught:
+        with StackExchangeResource(source="api", key="typed-k3y-value").open():
+            pass
+    assert "typed-k3y-value" not in str(caught.value)
+    result = dg.materialize(
+        [raw_question_batches], partition_key="00000-04999", raise_on_error=False,
+        resources={"stackexchange": StackExchangeResource(source="sample_site", access_token="typed-t0ken"),
+                   "data_dir": DataDirResource(path=str(tmp_path))},
+    )
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "STACKEXCHANGE_ACCESS_TOKEN" in message and "typed-t0ken" not in message
+    assert "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in result.all_events]
+
+    monkeypatch.setenv("MY_OWN_NAME_FOR_THE_KEY", "env-k3y-value")  # {env: ...} under any variable name is fine
+    resource = StackExchangeResource(source="sample_site", sample_site_questions=50,
+                                     key=dg.EnvVar("MY_OWN_NAME_FOR_THE_KEY"))
+    assert dg.materialize([raw_question_batches], partition_key="00000-04999",
+                          resources={"stackexchange": resource, "data_dir": DataDirResource(path=str(tmp_path))}).success
+
+
+def test_the_launchpad_rejects_an_unknown_normalization_before_the_run(tmp_path):
+    from dagster._core.errors import DagsterInvalidConfigError
+
+    from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
+    from cv_pipeline.defs.resources import DataDirResource
+
+    with pytest.raises(DagsterInvalidConfigError, match="normalization"):
+        dg.materialize([cleaned_qa_pairs], partition_key="00000-04999",
+                       resources={"data_dir": DataDirResource(path=str(tmp_path))},
+                       run_config={"ops": {"cleaned_qa_pairs": {"config": {"normalization": "utf8"}}}})
+    assert not list(tmp_path.rglob("*.parquet"))  # refused before anything ran
+
+
+def test_assets_name_their_profile_and_the_partitions_it_fills():
+    from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import get_profile
+
+    graph = build_definitions(get_profile("demo")).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).metadata["cv_pipeline/profile"] == "demo", key
+    raw = graph.get(dg.AssetKey("raw_question_batches")).description
+    assert "00000-04999, 05000-09999" in raw and "collected empty" in raw
+    assert "2,000 highest-voted" in graph.get(dg.AssetKey("lora_adapter_top_10k")).description
+
+
 def test_a_dump_source_without_a_path_is_a_clear_error_that_is_not_retried():
     from cv_pipeline.sources.base import SourceError
 

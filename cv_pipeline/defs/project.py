@@ -15,11 +15,9 @@ from cv_pipeline.defs.operations.automation import automation_sensor
 from cv_pipeline.defs.operations.k8s import executor
 from cv_pipeline.defs.operations.jobs import collect_and_clean_job, train_and_evaluate_job
 from cv_pipeline.defs.operations.schedules import build_rescrape_schedule, collect_job
-from cv_pipeline.defs.resources import DataDirResource, GPUResource, StackExchangeResource
+from cv_pipeline.defs.resources import SECRET_ENV, DataDirResource, GPUResource, StackExchangeResource
 from cv_pipeline.defs.training.assets import build_training_assets
 from cv_pipeline.profiles import Profile, default_data_dir, get_profile
-
-SECRET_ENV = {"key": "STACKEXCHANGE_KEY", "access_token": "STACKEXCHANGE_ACCESS_TOKEN"}
 
 
 def build_resources(profile: Profile, data_dir: Path | None = None) -> dict:
@@ -47,6 +45,7 @@ def build_definitions(profile: Profile | None = None, data_dir: Path | None = No
     evaluation = build_evaluation_assets(profile, training)
     checks = [d for d in evaluation if isinstance(d, dg.AssetChecksDefinition)]
     assets = [raw_question_batches, cleaned_qa_pairs, build_chat_dataset_asset(profile), *training, *(d for d in evaluation if d not in checks)]
+    assets = [a.map_asset_specs(lambda spec: _for_profile(spec, profile)) for a in assets]
     return dg.Definitions(
         assets=assets,
         asset_checks=[*dg.load_asset_checks_from_modules([curation_checks]), *checks],
@@ -56,4 +55,18 @@ def build_definitions(profile: Profile | None = None, data_dir: Path | None = No
         resources=build_resources(profile, data_dir),
         executor=executor(),
         metadata={"profile": profile.name},
+    )
+
+
+def _for_profile(spec: dg.AssetSpec, profile: Profile) -> dg.AssetSpec:
+    """Every asset says which profile it was built for; partitioned ones say which partitions the profile fills."""
+    description = spec.description or ""
+    if spec.partitions_def is not None:
+        description += (
+            f" Profile {profile.name}: the main job fills {', '.join(profile.demo_partitions)}"
+            + (f" ({profile.sample_site_questions:,} generated questions; other partitions are collected empty)."
+               if profile.source == "sample_site" else ".")
+        )
+    return spec.replace_attributes(description=description.strip()).merge_attributes(
+        metadata={"cv_pipeline/profile": profile.name}
     )

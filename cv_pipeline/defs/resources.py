@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -10,7 +11,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.sources.base import QuestionSource, SourceError
+from cv_pipeline.sources.base import QuestionSource, SourceConfigError, SourceError
+
+# The secrets and the environment variables they come from (never from run config: see StackExchangeResource).
+SECRET_ENV = {"key": "STACKEXCHANGE_KEY", "access_token": "STACKEXCHANGE_ACCESS_TOKEN"}
 
 
 class DataDirResource(dg.ConfigurableResource):
@@ -41,16 +45,22 @@ class DataDirResource(dg.ConfigurableResource):
 
 
 class StackExchangeResource(dg.ConfigurableResource):
-    """Opens the configured question source. Key and token arrive through ``dg.EnvVar`` only."""
+    """Opens the configured question source. Key and token arrive from the environment (dg.EnvVar) only."""
 
     source: Literal["sample_site", "api", "dump"] = Field(description="Which implementation to use.")
     site: str = Field("stats", description="Stack Exchange site name.")
     api_base_url: str = Field("https://api.stackexchange.com/2.3", description="API root (source=api).")
     # repr=False: the resource an asset receives never shows them when printed or logged.
     key: str | None = Field(
-        None, repr=False, description="App key (STACKEXCHANGE_KEY): raises the daily quota from 300 to 10,000."
+        None, repr=False,
+        description="App key: raises the daily quota from 300 to 10,000. From the environment only: set STACKEXCHANGE_KEY "
+        "(used automatically) or write {env: STACKEXCHANGE_KEY}; a key typed here would be stored in the run's config, "
+        "so it is refused.",
     )
-    access_token: str | None = Field(None, repr=False, description="Access token (STACKEXCHANGE_ACCESS_TOKEN), optional.")
+    access_token: str | None = Field(
+        None, repr=False,
+        description="Access token, optional. From the environment only, like key: STACKEXCHANGE_ACCESS_TOKEN.",
+    )
     dump_path: str | None = Field(None, description="Posts.xml or the site archive (source=dump).")
     sample_site_questions: int = Field(10_000, description="Generated corpus size (source=sample_site).")
     sample_site_seed: int = Field(0, description="Generated corpus seed (source=sample_site).")
@@ -61,6 +71,7 @@ class StackExchangeResource(dg.ConfigurableResource):
     def open(self, work_dir: Path | None = None) -> Iterator[QuestionSource]:
         """The source, open. ``work_dir`` (source=dump): where the dump's ranking and a .7z archive's
         extracted Posts.xml are kept, so that each partition's run does not rank or extract it again."""
+        self._check_secrets_came_from_the_environment()
         if self.source == "dump":
             from cv_pipeline.sources.dump import DumpSource
 
@@ -99,6 +110,19 @@ class StackExchangeResource(dg.ConfigurableResource):
                 )
             )
             yield src
+
+
+    def _check_secrets_came_from_the_environment(self) -> None:
+        # Dagster stores a run's config as written: a value typed into the launchpad would sit in plain text in
+        # the run history. A value that came through {env: NAME} is, by construction, some variable's value.
+        values = set(os.environ.values())
+        for name in ("key", "access_token"):
+            if getattr(self, name) and getattr(self, name) not in values:
+                raise SourceConfigError(
+                    f"stackexchange.{name} was written into the run config, where Dagster keeps it in plain text: "
+                    f"set it in the environment ({SECRET_ENV[name]}) and leave the field unset, or write "
+                    f"{{env: {SECRET_ENV[name]}}} (delete that run if the value was real)"
+                )
 
 
 class GPUResource(dg.ConfigurableResource):

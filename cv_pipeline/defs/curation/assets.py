@@ -1,3 +1,5 @@
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -22,7 +24,9 @@ from cv_pipeline.profiles import Profile
 
 
 class CleaningSettings(dg.Config):
-    normalization: str = Field("ascii", description="'ascii' (the report's: ASCII or an HTML entity) or 'unicode'.")
+    normalization: Literal["ascii", "unicode"] = Field(
+        "ascii", description="'ascii' (the report's: ASCII or an HTML entity) or 'unicode'."
+    )
     include_title: bool = Field(True, description="Start the question text with its title.")
     min_question_chars: int = Field(20, description="Drop pairs whose question text is shorter.")
     min_answer_chars: int = Field(20, description="Drop pairs whose answer text is shorter.")

@@ -161,6 +161,9 @@ with warnings.catch_warnings():
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
+        description="Evaluates every asset's automation condition each 30 s: cleaning follows a new raw batch, the "
+        "chat dataset any cleaned partition it has not read, and the adapters (only with auto_retrain) a new dataset "
+        "version once nothing upstream is running.",
         # NewDataToRead is Python the daemon cannot deserialise: the code location evaluates the conditions.
         use_user_code_server=True,
     )

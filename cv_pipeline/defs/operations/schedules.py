@@ -22,7 +22,8 @@ def build_rescrape_schedule(partition_keys: list[str], cron: str = "0 3 * * 1") 
         job=collect_job,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Re-collect every partition; curation follows by automation.",
+        description=f"Re-collect every partition of the active profile ({', '.join(partition_keys)}); "
+        "cleaning and the chat dataset follow by automation, training only with auto_retrain.",
     )
     def weekly_rescrape(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")

@@ -26,6 +26,8 @@ def build_base_model_asset(profile: Profile) -> dg.AssetsDefinition:
     def base_model(context: dg.AssetExecutionContext, config: BaseModelSettings, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.training.base_model import prepare_base_model
 
+        context.log.info(f"preparing the base model from {config.source!r} (a first conversion takes about a minute; "
+                         "later runs check the cached copy's hashes)")
         info = prepare_base_model(config.source, data_dir.base_model_home())
         context.log.info(f"base model ready at {info.path}: {info.architecture}, {info.n_params:,} parameters")
         return dg.MaterializeResult(
@@ -56,7 +58,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         automation_condition=RETRAIN_ON_NEW_DATA if profile.auto_retrain else None,
         # A retry resumes from the last checkpoint in the adapter folder instead of starting over.
         retry_policy=dg.RetryPolicy(max_retries=1, delay=10),
-        description=spec.description,
+        description=spec.description + _profile_note(spec, profile),
     )
     def _adapter(context: dg.AssetExecutionContext, config: settings_cls, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
         from cv_pipeline.curation.dataset import load_split
@@ -103,6 +105,16 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
         )
 
     return _adapter
+
+
+def _profile_note(spec: AdapterSpec, profile: Profile) -> str:
+    """What the profile changes in the spec's one line (the demo trains a smaller subset for a few steps)."""
+    notes = []
+    if spec.subset == "top_10k" and profile.top_n != 10_000:
+        notes.append(f"the top subset holds the {profile.top_n:,} highest-voted train pairs")
+    if profile.max_steps:
+        notes.append(f"training stops after {profile.max_steps} optimizer steps")
+    return f" Profile {profile.name}: {'; '.join(notes)}." if notes else ""
 
 
 def adapter_version(adapter_dir: Path) -> str:
