@@ -133,7 +133,8 @@ def _report(result) -> None:
         print(f"materialised {event.asset_key.to_user_string()}{part}" + (f" -> {', '.join(paths)}" if paths else ""), flush=True)
     checks = result.get_asset_check_evaluations()
     if checks:
-        failed = sorted({f"{c.asset_key.to_user_string()}:{c.check_name}" for c in checks if not c.passed})
+        failed = sorted({f"{c.asset_key.to_user_string()}:{c.check_name}"
+                         + (" (warning)" if c.severity == dg.AssetCheckSeverity.WARN else "") for c in checks if not c.passed})
         print(f"checks: {len(checks) - len(failed)} of {len(checks)} passed" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
 
 

@@ -169,7 +169,7 @@ def test_materialize_one_partition_from_the_command_line(tmp_path):
     assert proc.stdout.splitlines() == [
         f"materialised raw_question_batches [05000-09999] -> {raw}",
         f"materialised cleaned_qa_pairs [05000-09999] -> {cleaned}",
-        "checks: 3 of 3 passed",
+        "checks: 4 of 4 passed",
         f"materialised chat_dataset -> {data / 'chat_dataset'}, {data / 'chat_dataset' / 'README.md'}",  # + data card
         "checks: 4 of 4 passed",
     ]

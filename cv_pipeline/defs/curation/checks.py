@@ -55,6 +55,9 @@ _CLEANED_ASSET = cleaned_qa_pairs.key
                           description="No kept pair comes from a post with a code block."),
         dg.AssetCheckSpec("cleaned_rows_complete", asset=_CLEANED_ASSET,
                           description="Every pair has a question, an answer and a licence."),
+        dg.AssetCheckSpec("cleaned_has_pairs", asset=_CLEANED_ASSET,
+                          description="The partition holds pairs (a warning only: a rank range past the end of the "
+                                      "source, such as the demo's partitions after 10,000 questions, holds none)."),
     ],
     can_subset=True,
     name="cleaned_qa_pairs_checks",
@@ -85,6 +88,12 @@ def cleaned_qa_pairs_checks(
         },
         {"partition": context.partition_key if context.has_partition_key else "all"},
     )
+    if dg.AssetCheckKey(_CLEANED_ASSET, "cleaned_has_pairs") in context.selected_asset_check_keys:
+        yield dg.AssetCheckResult(
+            asset_key=_CLEANED_ASSET, check_name="cleaned_has_pairs", passed=bool(rows),
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"pairs": len(rows), "partition": context.partition_key if context.has_partition_key else "all"},
+        )
 
 
 def _raw_questions(data_dir: DataDirResource, files: list[Path] | None = None) -> Iterator:
