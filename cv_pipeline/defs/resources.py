@@ -111,7 +111,6 @@ class StackExchangeResource(dg.ConfigurableResource):
             )
             yield src
 
-
     def _check_secrets_came_from_the_environment(self) -> None:
         # Dagster stores a run's config as written: a value typed into the launchpad would sit in plain text in
         # the run history. A value that came through {env: NAME} is, by construction, some variable's value.

@@ -132,10 +132,6 @@ FOLLOW_ANY_PARTITION = (
 ).with_label("follow_any_partition")
 
 
-# Adapters cost GPU hours: retrain only when the chat dataset's *data version* (its content hash) is one
-# the adapter has not read, never because code was refactored or an identical dataset was
-# re-materialised; and only once the dataset passed its blocking checks (those stop later steps of the
-# same run only, and this request starts a new run).
 # A re-scrape rebuilds the dataset once per partition it re-cleans: training waits until nothing upstream
 # (the dataset, cleaning, collection: up to three levels) is running or about to be requested, so that it
 # trains once, on the dataset the whole re-scrape ends with, not on each one on the way.
@@ -144,6 +140,10 @@ UPSTREAM_BUSY = _AC.any_deps_match(_BUSY | _AC.any_deps_match(_BUSY | _AC.any_de
     "upstream_busy"
 )
 
+# Adapters cost GPU hours: retrain only when the chat dataset's *data version* (its content hash) is one
+# the adapter has not read, never because code was refactored or an identical dataset was
+# re-materialised; and only once the dataset passed its blocking checks (those stop later steps of the
+# same run only, and this request starts a new run).
 RETRAIN_ON_NEW_DATA = (
     NewDataToRead()
     & _AC.all_deps_blocking_checks_passed()
