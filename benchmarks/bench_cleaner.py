@@ -76,7 +76,7 @@ def bs4_html_to_text(
         return ""
     if "\x00" in html:
         html = html.replace("\x00", "")
-    code_dollars = "$$" in html and cleaner._CODE_TAG.search(html) is not None
+    dollars = "$$" in html
     soup = BeautifulSoup(html, parser)
     out: list[str] = []
     stack: list[object] = [soup]
@@ -123,7 +123,7 @@ def bs4_html_to_text(
             if type(first) is NavigableString and first.startswith("\n"):
                 # The HTML parsing algorithm drops a newline right after <pre>; html.parser keeps it.
                 first.replace_with(NavigableString(first[1:]))
-        elif tag == "code" and code_dollars and "$" in node.get_text():
+        elif tag == "code" and dollars and "$" in node.get_text():
             opening = closing = "\x00c"  # no $$...$$ span starts or ends inside code
         if opening:
             out.append(opening)
@@ -149,7 +149,7 @@ def tree_pass_text(html: str) -> str:
     html, root, find_notices, runs = cleaner._tree_pass(html)
     if runs is not None:
         return runs[0]
-    return cleaner._mark(root, cleaner._Converted(""), find_notices, cleaner._code_dollars(html))
+    return cleaner._mark(root, cleaner._Converted(""), find_notices, "$$" in html)
 
 
 def without_layout(html: str) -> str:

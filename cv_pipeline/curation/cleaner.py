@@ -339,7 +339,6 @@ _AROUND: dict[str, tuple[str, str]] = {
 }
 _WS = re.compile(r"[ \t\n\r\f]+")
 _PRE_TAG = re.compile(r"<(?:pre|listing)[\s/>]", re.I)  # <listing> is an obsolete <pre>
-_CODE_TAG = re.compile(r"<code[\s/>]", re.I)
 
 
 @dataclass(slots=True)
@@ -386,13 +385,13 @@ def _parse_into_container(html: str) -> LexborNode:
     return root
 
 
-def _mark(root: LexborNode, conv: _Converted, find_notices: bool, code_dollars: bool = False) -> str:
+def _mark(root: LexborNode, conv: _Converted, find_notices: bool, dollars: bool = False) -> str:
     """Remove notices and dropped subtrees, insert markers; return the marked text.
 
     The general pass: it walks the parsed tree, decomposes what is dropped, inserts the marker
-    text nodes and concatenates the text in C. With `code_dollars` (the body has "$$" and
-    <code>), a <code> holding "$" gets "\\x00c" markers around it, so that no $$...$$ span
-    (see _PROTECTED) starts or ends inside code: MathJax does not read code.
+    text nodes and concatenates the text in C. With `dollars` (the body has "$$"), a <code>
+    holding "$" gets "\\x00c" markers around it, so that no $$...$$ span (see _PROTECTED) starts
+    or ends inside code: MathJax does not read code.
     """
     nodes = root.traverse()
     next(nodes)  # the container itself
@@ -411,7 +410,7 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool, code_dollars: 
             conv.elements_dropped += 1
         elif tag == "img":
             conv.images_dropped += 1
-        elif code_dollars and tag == "code" and "$" in node.text():
+        elif dollars and tag == "code" and "$" in node.text():
             node.insert_before("\x00c")
             node.insert_after("\x00c")
     # Reverse document order: a dropped node nested in another dropped node goes first, so no
@@ -674,10 +673,12 @@ def _ol_start(node: LexborNode) -> int:
 
 
 def _is_notice(node: LexborNode, tag: str) -> bool:
-    """Rule 2's selectors `aside.s-notice, .js-post-notice, .post-notice`, matched on class tokens."""
     classes = node.attributes.get("class")
-    if not classes:
-        return False
+    return bool(classes) and _names_a_notice(tag, classes)
+
+
+def _names_a_notice(tag: str, classes: str) -> bool:
+    """Rule 2's selectors `aside.s-notice, .js-post-notice, .post-notice`, matched on class tokens."""
     tokens = classes.split()
     return "js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)
 
@@ -971,8 +972,7 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
             continue
         c = _FB_CLASS.search(m.group(2))
         tag = m.group(1).lower()
-        tokens = (c.group(1) or c.group(2) or c.group(3) or "").split() if c else ()
-        if not ("js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)):
+        if c is None or not _names_a_notice(tag, c.group(1) or c.group(2) or c.group(3) or ""):
             continue
         out.append(html[pos : m.start()])
         depth, end = 1, len(html)
@@ -1016,10 +1016,6 @@ def _tree_pass(html: str, runs_pass: bool = True) -> tuple[str, LexborNode, bool
     return html, root, find_notices, _runs_text(root, html) if runs_pass and not find_notices else None
 
 
-def _code_dollars(html: str) -> bool:
-    """Whether a <code> may hold a "$$" (see _mark): the general pass's check, which the runs pass makes its own way."""
-    return "$$" in html and _CODE_TAG.search(html) is not None
-
 
 def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
     conv = _Converted("")
@@ -1039,7 +1035,7 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
             conv.text, conv.chars_normalized, conv.images_dropped, conv.has_pre = laid_out, changed, images, has_pre
             return conv
         root = _parse_into_container(html)  # the runs pass changed the tree: start again
-    marked = _mark(root, conv, find_notices, _code_dollars(html))
+    marked = _mark(root, conv, find_notices, "$$" in html)
     if not marked:
         return conv
     conv.has_pre = "\x00X" in marked

@@ -400,8 +400,6 @@ class StackExchangeAPISource(QuestionSource):
             log.debug("GET %s %s", path, {k: v for k, v in params.items() if k != "include"})
             try:
                 response = self._client.get(path, params=params)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # no retry makes a bad URL good
-                raise SourceConfigError(f"GET {path}: {self._redact(str(exc))}; check api_base_url") from None
             except httpx.HTTPError as exc:  # timeouts, dropped connections, bad gzip stream
                 problem = self._redact(f"{exc.__class__.__name__}: {exc}".rstrip(": "))
                 continue

@@ -67,6 +67,7 @@ def cleaned_qa_pairs_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     # The run's partition when it has one (a partition's run judges that partition only), else every partition.
     # (Not partitioned checks: Dagster 1.13 cannot run partitioned checks without their asset.)
+    judged = context.partition_key if context.has_partition_key else "all"
     if context.has_partition_key:
         cleaned, raw = [data_dir.cleaned_file(context.partition_key)], [data_dir.raw_batch_file(context.partition_key)]
     else:
@@ -86,13 +87,13 @@ def cleaned_qa_pairs_checks(
                 lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(rows))),
             ),
         },
-        {"partition": context.partition_key if context.has_partition_key else "all"},
+        {"partition": judged},
     )
     if dg.AssetCheckKey(_CLEANED_ASSET, "cleaned_has_pairs") in context.selected_asset_check_keys:
         yield dg.AssetCheckResult(
             asset_key=_CLEANED_ASSET, check_name="cleaned_has_pairs", passed=bool(rows),
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"pairs": len(rows), "partition": context.partition_key if context.has_partition_key else "all"},
+            metadata={"pairs": len(rows), "partition": judged},
         )
 
 

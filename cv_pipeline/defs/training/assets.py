@@ -62,10 +62,9 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
     )
     def _adapter(context: dg.AssetExecutionContext, config: settings_cls, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
         from cv_pipeline.curation.dataset import load_split
+        from cv_pipeline.defs.curation.checks import failed_dataset_checks
         from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
         from cv_pipeline.training.trainer import TrainingError, train_adapter
-
-        from cv_pipeline.defs.curation.checks import failed_dataset_checks
 
         if failed := failed_dataset_checks(context.instance):
             raise dg.Failure(
