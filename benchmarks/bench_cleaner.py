@@ -9,7 +9,8 @@ What the BeautifulSoup cleaner (bs4_html_to_text) does, per body:
 1. strips NUL, parses with BeautifulSoup (lxml when installed, else Python's html.parser) and,
    as the HTML standard's parser does, drops a newline right after a <pre> start tag;
 2. walks the bs4 tree once with bs4's own API (iteratively, so deep input cannot hit the
-   recursion limit), skipping comments, notices (the same class-token test) and the same
+   recursion limit), skipping comments, notices (the same class-token test, and the same
+   test of each blockquote's text for the old duplicate notice) and the same
    dropped elements, and writes the text with the same layout markers our cleaner uses
    (cleaner._mark's "\x00" + code letter at block, list, table, <br> and <pre> boundaries, and
    around <code> holding "$" in a body with "$$");
@@ -90,6 +91,8 @@ def bs4_html_to_text(
         tag = node.name
         classes = node.get("class") or ()
         if "js-post-notice" in classes or "post-notice" in classes or (tag == "aside" and "s-notice" in classes):
+            continue
+        if tag == "blockquote" and cleaner._is_duplicate_notice(node.get_text()):
             continue
         if tag in cleaner._DROP_TAGS:
             continue

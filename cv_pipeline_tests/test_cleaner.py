@@ -181,6 +181,18 @@ CASES_BOTH_MODES = [
     ('<aside class="s-notice s-notice__info js-post-notice"><b>Closed</b>. Off-topic.</aside><p>Body</p>', "Body"),
     ('<div class="js-post-notice">Notice text</div><p>Body</p>', "Body"),
     ('<p>Body</p><div class="post-notice">Notice text</div>', "Body"),
+    # The duplicate notice Stack Exchange edited into old closed questions (cstheory_meta_1448 has one).
+    ('<blockquote>\n  <p><strong>Possible Duplicate:</strong><br>\n  <a href="/q/1">Mean vs median</a></p>\n</blockquote>'
+     "\n\n<p>Body</p>", "Body"),
+    ("<blockquote><p><strong>Possible Duplicates:</strong><br><a href=/q/1>A</a><br><a href=/q/2>B</a></p></blockquote>"
+     "<p>Body</p>", "Body"),
+    ("<blockquote><p><strong>This question already has an answer here:</strong></p><ul><li><a href=/q/1>A</a>"
+     "</li></ul></blockquote><p>Body</p>", "Body"),
+    # ...only that notice: other quotes stay, even ones that mention it or start like it in lower case.
+    ("<blockquote><p>The FAQ says: Possible Duplicate: questions get closed</p></blockquote><p>Body</p>",
+     "The FAQ says: Possible Duplicate: questions get closed\n\nBody"),
+    ("<blockquote><p>Possible duplicate: ask first</p></blockquote>", "Possible duplicate: ask first"),
+    ("<p><strong>Possible Duplicate:</strong> not in a quote</p>", "Possible Duplicate: not in a quote"),
     ("<p>a</p><script>alert('x')</script><style>p { color: red }</style><p>b</p>", "a\n\nb"),
     ("<p>a<noscript>ns</noscript><template>tpl</template><iframe>frame</iframe>b</p>", "ab"),
     ("<p>$a &lt; b$ and $x &amp; y$ and $p<0.05$</p>", "$a < b$ and $x & y$ and $p<0.05$"),
@@ -571,6 +583,13 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
         assert (fallback.notices_removed, fallback.elements_dropped) == (tree.notices_removed, tree.elements_dropped)
     assert has_code_block(deep + "<pre>x</pre>")
     assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")
+    # The old duplicate notice, a blockquote, goes too (only that one), and is counted as a notice.
+    duplicate = "<blockquote>\n <p><strong>Possible Duplicate:</strong><br>\n <a href=/q/1>A &amp; B</a></p></blockquote>"
+    quote = "<blockquote><p>a quote</p></blockquote>"
+    for body in (duplicate + quote + "<p>text</p>", "<p>text</p>" + quote + duplicate):
+        tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+        assert tree.text == fallback.text and "a quote" in tree.text and "A & B" not in tree.text
+        assert tree.notices_removed == fallback.notices_removed == 1
 
 
 # ---------------------------------------------------------------------------------------------

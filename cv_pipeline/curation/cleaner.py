@@ -39,6 +39,11 @@ Decisions that the rules leave open, documented here and in the tests:
   (ﬁ->fi, full-width Ａ->A, but ² stays a symbol because "x2" would change the meaning);
   anything left becomes an HTML entity: the HTML 4 name where there is one (`&sigma;`,
   `&sup2;`), else `&#NNN;`. `<`, `>` and `&` stay as they are: the output is text, not HTML.
+- Rule 2 also removes the duplicate notice that Stack Exchange itself edited into the top of
+  a question closed as a duplicate, before notices were rendered outside the body: a
+  `<blockquote>` whose text starts "Possible Duplicate:" (or "Possible Duplicates:", or the
+  later "This question already has an answer here:"). Old posts, the highest-voted among
+  them, still carry it in API and dump bodies; it is a link to another question, not content.
 - Control characters (other than tab/newline), soft hyphens, zero-width spaces, word joiners
   and BOMs are removed in both modes; lone surrogates are dropped.
 """
@@ -61,7 +66,7 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 from cv_pipeline.sources.models import RawQuestion, pick_top_answer
 
 # Bump on any change that alters output text or counts: Dagster then marks cleaned pairs stale.
-CLEANER_VERSION = "3"
+CLEANER_VERSION = "4"
 
 DropReason = Literal["code_block", "empty", "too_short"]
 
@@ -404,6 +409,10 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool, dollars: bool 
             continue
         around = _AROUND.get(tag)
         if around is not None:
+            if tag == "blockquote" and _is_duplicate_notice(node.text()):
+                drop.append(node)
+                conv.notices_removed += 1
+                continue
             _insert_markers(node, tag, around)
         elif tag in _DROP_TAGS:
             drop.append(node)
@@ -450,6 +459,9 @@ _BR_ID = _tag_id("br")
 _LI_ID = _tag_id("li")
 _PRE_IDS = frozenset(map(_tag_id, ("pre", "listing")))
 _CODE_ID = _tag_id("code")
+_BLOCKQUOTE_ID = _tag_id("blockquote")
+_BLOCK_IDS_BUT_QUOTE = _BLOCK_IDS - {_BLOCKQUOTE_ID}
+_NOT_IN_RUNS_OR_QUOTE = _NOT_IN_RUNS_IDS | {_BLOCKQUOTE_ID}
 # Lexbor numbers its node kinds (text, comment, doctype, ...) below its first tag, "a"; a
 # processing instruction has id 0.
 _FIRST_ELEMENT_ID = _tag_id("a")
@@ -460,8 +472,8 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
 
     Returns the text with a block separator between runs of text, the images removed, whether
     there is a <pre> and whether there are markers (_join_runs lays those out, _join_blocks
-    the rest); or None, tree untouched, when the body has anything else (or, when `html` has
-    "$$", a <code> holding "$": see _mark).
+    the rest); or None, tree untouched, when the body has anything else (a blockquote that is
+    rule 2's duplicate notice; or, when `html` has "$$", a <code> holding "$": see _mark).
 
     Unwrapping the inline elements (deleting the empty ones, such as <img>) and merging
     adjacent text nodes leaves one text node per run of text between two element boundaries,
@@ -480,10 +492,12 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
     breaks = []
     items = []
     pres = []
+    quotes = []
     images = 0
     # Locals: this loop runs for every element of nearly every body, and a global lookup costs more.
-    block_ids, run_marker_ids, pre_ids, not_in_runs = _BLOCK_IDS, _RUN_MARKER_IDS, _PRE_IDS, _NOT_IN_RUNS_IDS
+    block_ids, run_marker_ids, pre_ids, not_in_runs = _BLOCK_IDS_BUT_QUOTE, _RUN_MARKER_IDS, _PRE_IDS, _NOT_IN_RUNS_OR_QUOTE
     br_id, li_id, img_id, code_id, first_element = _BR_ID, _LI_ID, _IMG_ID, _CODE_ID, _FIRST_ELEMENT_ID
+    quote_id = _BLOCKQUOTE_ID
     for node in nodes:
         tag = node.tag_id  # an int: cheaper than the name, which is a new str on every call
         if tag in block_ids:
@@ -497,7 +511,10 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
         elif tag in pre_ids:
             pres.append(node)
         elif tag in not_in_runs or tag < first_element:  # below: comments, instructions
-            return None
+            if tag != quote_id:
+                return None
+            # A blockquote: a block, kept out of block_ids so that only blockquotes pay for this.
+            quotes.append(node)
         else:
             images += tag == img_id
             inline.append(node)
@@ -505,6 +522,8 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
                 codes.append(node)
     # Looked for only in bodies with <code> (a scan of the HTML costs about what the int compares above do).
     if codes and "$$" in html and any("$" in code.text() for code in codes):
+        return None
+    if quotes and any(_is_duplicate_notice(quote.text()) for quote in quotes):  # the general pass removes it
         return None
     # Document order: an element is unwrapped before its descendants, and only empty elements
     # (which have none) are deleted, so every node here is still alive when reached.
@@ -681,6 +700,19 @@ def _names_a_notice(tag: str, classes: str) -> bool:
     """Rule 2's selectors `aside.s-notice, .js-post-notice, .post-notice`, matched on class tokens."""
     tokens = classes.split()
     return "js-post-notice" in tokens or "post-notice" in tokens or (tag == "aside" and "s-notice" in tokens)
+
+
+# Rule 2's notice of an old duplicate closure, edited into the body by Stack Exchange (see the
+# module docstring). The passes test the text of each <blockquote> they meet (8% of bodies have
+# one); a scan of every body's HTML for these words would cost more.
+_DUPLICATE_NOTICE_STARTS = (
+    "Possible Duplicate:", "Possible Duplicates:",
+    "This question already has an answer here:", "This question already has answers here:",
+)
+
+
+def _is_duplicate_notice(blockquote_text: str) -> bool:
+    return blockquote_text.lstrip().startswith(_DUPLICATE_NOTICE_STARTS)
 
 
 _PROTECTED = re.compile(r"(\x00X.*?\x00x|\$\$[^$\x00]+\$\$)", re.S)
@@ -968,12 +1000,19 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
     out: list[str] = []
     pos = 0
     for m in _FB_START_TAG.finditer(html):
-        if m.start() < pos or "notice" not in m.group(2):
+        if m.start() < pos:
             continue
-        c = _FB_CLASS.search(m.group(2))
         tag = m.group(1).lower()
-        if c is None or not _names_a_notice(tag, c.group(1) or c.group(2) or c.group(3) or ""):
+        if tag == "blockquote":
+            # The text right after the start tag, its tags removed: a bounded look, so still linear.
+            if not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", html[m.end() + 1 : m.end() + 400]))):
+                continue
+        elif "notice" not in m.group(2):
             continue
+        else:
+            c = _FB_CLASS.search(m.group(2))
+            if c is None or not _names_a_notice(tag, c.group(1) or c.group(2) or c.group(3) or ""):
+                continue
         out.append(html[pos : m.start()])
         depth, end = 1, len(html)
         for t in re.compile(rf"<(/?){re.escape(tag)}[\s/>]", re.I).finditer(html, m.end()):
@@ -995,7 +1034,7 @@ def _fallback(html: str, conv: _Converted, config: CleaningConfig) -> None:
     paragraph; whitespace collapses outside $$...$$ as in the tree passes.
     """
     html = html.replace("\x00", "")  # so that no input can forge a paragraph marker
-    if "notice" in html:
+    if "notice" in html or "<blockquote" in html.lower():
         html, conv.notices_removed = _fb_drop_notices(html)
     text, conv.elements_dropped = _FB_DROP.subn("", html)
     text = _FB_COMMENT.sub("", text)
