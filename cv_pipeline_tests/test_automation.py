@@ -87,13 +87,15 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
     now, cursor = requested(cursor)
     assert now == set(ADAPTERS)  # the top subset changed: retrain
 
-    # New data whose dataset fails a blocking check: the checks stop the adapters only inside their own run,
-    # and this request would start another one, so it must wait for a dataset that passes.
+    # New data whose dataset would fail a blocking check: chat_dataset refuses to write it (the same rules), so
+    # there is no new data version and nothing to retrain until a dataset that passes.
     bad = [dict(r, answer=r["answer"] + " <div>left over</div>") if r["question_id"] == 7 else r for r in rows]
     pq.write_table(pa.Table.from_pylist(bad), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
     result = dg.materialize([*defs.assets, *defs.asset_checks], selection=[CHAT], resources=defs.resources,
                             instance=instance, raise_on_error=False)
-    assert [e.check_name for e in result.get_asset_check_evaluations() if not e.passed] == ["chat_has_no_markup"]
+    assert not result.success and not result.get_asset_materialization_events()
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "chat_has_no_markup" in failure.event_specific_data.error.message
     now, cursor = requested(cursor)
     assert now == set()
     pq.write_table(pa.Table.from_pylist(rows[:-1]), tmp_path / "cleaned" / "pairs_00000-04999.parquet")

@@ -82,6 +82,28 @@ def test_messages_alternate_and_splits_are_disjoint():
         assert validate.bad_roles(rows) == []
 
 
+def test_chat_dataset_problems_finds_each_rules_rows_and_only_the_rules_asked():
+    """The blocking checks' rules, shared by the checks and chat_dataset's gate before it writes."""
+    ds = build_chat_dataset([pair(q, q) for q in range(1, 300)], top_n=20)
+    assert validate.chat_dataset_problems(ds.splits) == dict.fromkeys(validate.CHAT_RULES, [])
+    splits = {name: [json.loads(json.dumps(r)) for r in rows] for name, rows in ds.splits.items()}
+    train, test = splits["train"], splits["test"]
+    train[0]["messages"][1]["content"] = "  "
+    train[1]["messages"][1]["content"] += " <div>left</div>"
+    train[2]["answer_license"] = "unknown"
+    test.append(dict(train[3]))
+    assert validate.chat_dataset_problems(splits) == {
+        "chat_roles_alternate": [train[0]["question_id"]],
+        "chat_splits_disjoint": [train[3]["question_id"]],
+        "chat_rows_licensed": [train[2]["question_id"]],
+        "chat_has_no_markup": [train[1]["question_id"]],
+    }
+    # Markup the raw HTML writes escaped is the post's own text, not a leftover.
+    excused = validate.chat_dataset_problems(
+        splits, raw_html=lambda ids: {i: "<p>&lt;div&gt;</p>" for i in ids}, rules=["chat_has_no_markup"])
+    assert excused == {"chat_has_no_markup": []}
+
+
 def test_data_version_changes_with_content_only():
     rows = [pair(q, q) for q in range(1, 100)]
     a = build_chat_dataset(rows, top_n=10).data_version

@@ -221,39 +221,59 @@ def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
 
 
 def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_path):
+    from cv_pipeline.defs.curation.checks import failed_dataset_checks
     from cv_pipeline.defs.project import build_definitions
     from cv_pipeline.profiles import get_profile
 
-    # A cleaned partition with a pair whose answer is only whitespace: the roles check must block.
     rows = [
         {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
-         "tags": ["t"], "question": f"What is question {q} about variance?",
-         "answer": "   " if q == 3 else f"Answer {q}.", "link": f"https://stats.stackexchange.com/q/{q}",
-         "license": "CC BY-SA 4.0",
-         "answer_license": "CC BY-SA 4.0"}
+         "tags": ["t"], "question": f"What is question {q} about variance?", "answer": f"Answer {q}.",
+         "link": f"https://stats.stackexchange.com/q/{q}", "license": "CC BY-SA 4.0", "answer_license": "CC BY-SA 4.0"}
         for q in range(1, 60)
     ]
-    (tmp_path / "cleaned").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    cleaned = tmp_path / "cleaned" / "pairs_00000-04999.parquet"
+    cleaned.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), cleaned)
     defs = build_definitions(get_profile("demo"), data_dir=tmp_path)
     instance = dg.DagsterInstance.ephemeral()
+    everything = [*defs.assets, *defs.asset_checks]
+    good = dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance)
+    assert all(c.passed for c in good.get_asset_check_evaluations())
+    dataset = tmp_path / "chat_dataset"
+    written = {p.name: p.read_bytes() for p in dataset.glob("*.jsonl")}
+
+    # New cleaned data with a pair whose answer is only whitespace: chat_dataset applies its blocking checks'
+    # rules before it writes, so the build fails, naming the rule and the row, and the last good dataset stays.
+    rows[2] = dict(rows[2], answer="   ")
+    pq.write_table(pa.Table.from_pylist(rows), cleaned)
     result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
+        everything,
         selection="chat_dataset lora_adapter_all_pairs lora_adapter_top_10k".split(),
         resources=defs.resources,
         instance=instance,
         raise_on_error=False,
     )
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks["chat_roles_alternate"] is False
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"chat_dataset"}
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "chat_roles_alternate" in message and "question ids [3]" in message and "last one that passed" in message
+    assert "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in result.all_events]
+    assert not result.get_asset_materialization_events()
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    assert not any(key.startswith("lora_adapter") for key in started), started
-    assert not (tmp_path / "adapters" / "all_pairs" / "adapter").exists()
-    assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
+    assert started == {"chat_dataset"}, started
+    assert {p.name: p.read_bytes() for p in dataset.glob("*.jsonl")} == written
+    assert not (tmp_path / "adapters").exists()
 
-    # A later run of an adapter alone (no checks in it to block) refuses the same data, naming the check.
+    # The files the checks judge can still go bad after they were written (here by hand): the checks, run on
+    # their own, fail, and a run of an adapter alone (no checks in it to block) refuses that data, naming the check.
+    train = dataset / "train.jsonl"
+    first = json.loads(train.read_text(encoding="utf-8").splitlines()[0])
+    first["messages"][1]["content"] = " "
+    train.write_text(json.dumps(first) + "\n" + "\n".join(train.read_text(encoding="utf-8").splitlines()[1:]) + "\n",
+                     encoding="utf-8")
+    checks = dg.materialize(everything, selection=dg.AssetSelection.checks_for_assets("chat_dataset"),
+                            resources=defs.resources, instance=instance, raise_on_error=False)
+    assert {c.check_name: c.passed for c in checks.get_asset_check_evaluations()}["chat_roles_alternate"] is False
+    assert failed_dataset_checks(instance) == ["chat_roles_alternate"]
     alone = dg.materialize([*defs.assets], selection=["lora_adapter_top_10k"], resources=defs.resources,
                            instance=instance, raise_on_error=False)
     [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -262,13 +282,10 @@ def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_p
     assert not (tmp_path / "adapters" / "top_10k" / "adapter").exists()
 
     # Fixed and rebuilt with its checks passing, the dataset is accepted again.
-    rows[2]["answer"] = "Answer 3."
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
-    rebuilt = dg.materialize([*defs.assets, *defs.asset_checks], selection=["chat_dataset"], resources=defs.resources,
-                             instance=instance)
+    rows[2] = dict(rows[2], answer="Answer 3.")
+    pq.write_table(pa.Table.from_pylist(rows), cleaned)
+    rebuilt = dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance)
     assert all(c.passed for c in rebuilt.get_asset_check_evaluations())
-    from cv_pipeline.defs.curation.checks import failed_dataset_checks
-
     assert failed_dataset_checks(instance) == []
 
 

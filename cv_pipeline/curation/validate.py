@@ -103,3 +103,33 @@ def ids_in_two_splits(splits: dict[str, list[dict]]) -> list[int]:
             if seen.setdefault(qid, name) != name:
                 clash.append(qid)
     return sorted(set(clash))
+
+
+# The chat dataset's rules: the blocking checks' names and what each asserts. chat_dataset applies
+# them to the rows it built before it replaces the dataset on disk; its checks apply them to the files.
+CHAT_RULES = {
+    "chat_roles_alternate": "roles alternate, no empty message",
+    "chat_splits_disjoint": "splits disjoint",
+    "chat_rows_licensed": "licence and link of question and answer present",
+    "chat_has_no_markup": "no markup",
+}
+
+
+def chat_dataset_problems(
+    splits: dict[str, list[dict]],
+    raw_html: Callable[[list[int]], dict[int, str]] | None = None,
+    rules: Iterable[str] = tuple(CHAT_RULES),
+) -> dict[str, list[int]]:
+    """The question ids that break each of ``rules`` (names from CHAT_RULES) in a chat dataset's splits."""
+    rows = [r for split_rows in splits.values() for r in split_rows]
+    finders: dict[str, Callable[[], list[int]]] = {
+        "chat_roles_alternate": lambda: [q for split_rows in splits.values() for q in bad_roles(split_rows)],
+        "chat_splits_disjoint": lambda: ids_in_two_splits(splits),
+        "chat_rows_licensed": lambda: rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")),
+        "chat_has_no_markup": lambda: rows_with_markup(
+            ({"question_id": r["question_id"], "question": r["messages"][0]["content"],
+              "answer": r["messages"][-1]["content"]} for r in rows),
+            raw_html=raw_html,
+        ),
+    }
+    return {name: finders[name]() for name in rules}

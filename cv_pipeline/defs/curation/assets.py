@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from cv_pipeline.atomic import atomic_path
-from cv_pipeline.curation import cleaner
+from cv_pipeline.curation import cleaner, validate
 from cv_pipeline.curation.dataset import (
     CLEANED_SCHEMA,
     build_chat_dataset,
@@ -16,6 +16,7 @@ from cv_pipeline.curation.dataset import (
 )
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
+from cv_pipeline.defs.curation.raw_pairs import raw_pair_html
 from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM, read_partitions_metadata
 from cv_pipeline.defs.metadata import file_hash, image, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
@@ -111,6 +112,26 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
             )
         ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
         out = data_dir.sub("chat_dataset")
+        # The blocking checks' rules, on what was built, before it replaces the dataset on disk: a failing
+        # rebuild leaves the last dataset that passed in place (and its data version, so nothing retrains).
+        problems = {
+            name: bad
+            for name, bad in validate.chat_dataset_problems(ds.splits, raw_html=lambda ids: raw_pair_html(data_dir, ids)).items()
+            if bad
+        }
+        if problems:
+            found = "; ".join(f"{name} ({validate.CHAT_RULES[name]}): {len(bad)} row(s), question ids {bad[:10]}"
+                              for name, bad in problems.items())
+            raise dg.Failure(
+                description=(
+                    f"the rebuilt chat dataset breaks the rules of its blocking checks, so it was not written and the "
+                    f"dataset at {out} is still the last one that passed. {found}. These rows come from the cleaned "
+                    "partitions: the cleaned_qa_pairs checks of those partitions name the cause; fix it (a cleaning "
+                    "rule or the source data), re-materialise cleaned_qa_pairs, then this asset."
+                ),
+                metadata={f"failing/{name}": dg.MetadataValue.json(bad[:20]) for name, bad in problems.items()},
+                allow_retries=False,
+            )
         save_chat_dataset(ds, out, source=f"{source}; partitions {', '.join(f.stem for f in files)}")
         preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
         return dg.MaterializeResult(

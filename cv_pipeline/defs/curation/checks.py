@@ -3,7 +3,9 @@
 One `multi_asset_check` per asset: each reads the asset's files once and reports every check on
 them (the UI still lists, runs and shows each check on its own; `can_subset` lets one be run
 alone). The chat_dataset checks are blocking: a dataset that fails any of them stops the run
-before training spends GPU time on it.
+before training spends GPU time on it. chat_dataset applies the same rules (validate.CHAT_RULES)
+to what it built before it replaces the dataset on disk, so a failing rebuild keeps the last
+dataset that passed; the checks judge the files as written (and whatever happens to them later).
 """
 
 import json
@@ -15,6 +17,7 @@ import dagster as dg
 from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import SPLITS, read_cleaned
 from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
+from cv_pipeline.defs.curation.raw_pairs import pair_bodies, raw_pair_html, raw_questions
 from cv_pipeline.defs.resources import DataDirResource
 
 chat_dataset = dg.AssetKey("chat_dataset")
@@ -79,7 +82,7 @@ def cleaned_qa_pairs_checks(
         {
             "cleaned_has_no_markup": (
                 "no markup or notice text",
-                lambda: validate.rows_with_markup(rows, raw_html=lambda ids: _raw_pair_html(data_dir, ids, raw)),
+                lambda: validate.rows_with_markup(rows, raw_html=lambda ids: raw_pair_html(data_dir, ids, raw)),
             ),
             "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows, raw)),
             "cleaned_rows_complete": (
@@ -97,24 +100,6 @@ def cleaned_qa_pairs_checks(
         )
 
 
-def _raw_questions(data_dir: DataDirResource, files: list[Path] | None = None) -> Iterator:
-    """The questions of the raw batch ``files`` (default: every partition's)."""
-    from cv_pipeline.collection import load_batch
-
-    for raw in files if files is not None else sorted(data_dir.sub("raw").glob("questions_*.json")):
-        if raw.name.endswith(".stats.json") or not raw.exists():  # a run-stats sidecar, or not collected
-            continue
-        yield from load_batch(raw).questions
-
-
-def _pair_bodies(q) -> list[str]:
-    """The raw HTML of a question and of the answer the cleaner paired with it (cleaner.clean_batch's choice)."""
-    from cv_pipeline.sources.models import pick_top_answer
-
-    answer = q.top_answer or pick_top_answer(q.answers)
-    return [q.body_html] + ([answer.body_html] if answer else [])
-
-
 def _code_block_pairs(data_dir: DataDirResource, rows: list[dict], raw: list[Path] | None = None) -> list[int]:
     """Kept pairs whose raw question or top answer has a <pre> code block."""
     from cv_pipeline.curation.cleaner import has_code_block
@@ -122,21 +107,9 @@ def _code_block_pairs(data_dir: DataDirResource, rows: list[dict], raw: list[Pat
     kept = {r["question_id"] for r in rows}
     return [
         q.question_id
-        for q in _raw_questions(data_dir, raw)
-        if q.question_id in kept and any(has_code_block(body) for body in _pair_bodies(q))
+        for q in raw_questions(data_dir, raw)
+        if q.question_id in kept and any(has_code_block(body) for body in pair_bodies(q))
     ]
-
-
-def _raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> dict[int, str]:
-    """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as text."""
-    import html
-
-    wanted = set(question_ids)
-    return {
-        q.question_id: html.escape(q.title) + "".join(_pair_bodies(q))  # titles arrive decoded
-        for q in _raw_questions(data_dir, raw)
-        if q.question_id in wanted
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,30 +139,10 @@ def chat_dataset_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
     splits = _splits(data_dir)  # read once for all checks
-    rows = [r for split_rows in splits.values() for r in split_rows]
-    yield from _run_selected(
-        context,
-        chat_dataset,
-        {
-            "chat_roles_alternate": (
-                "roles alternate, no empty message",
-                lambda: [q for split_rows in splits.values() for q in validate.bad_roles(split_rows)],
-            ),
-            "chat_splits_disjoint": ("splits disjoint", lambda: validate.ids_in_two_splits(splits)),
-            "chat_rows_licensed": (
-                "licence and link of question and answer present",
-                lambda: validate.rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")),
-            ),
-            "chat_has_no_markup": (
-                "no markup",
-                lambda: validate.rows_with_markup(
-                    ({"question_id": r["question_id"], "question": r["messages"][0]["content"],
-                      "answer": r["messages"][-1]["content"]} for r in rows),
-                    raw_html=lambda ids: _raw_pair_html(data_dir, ids),
-                ),
-            ),
-        },
-    )
+    selected = [name for name in validate.CHAT_RULES if dg.AssetCheckKey(chat_dataset, name) in context.selected_asset_check_keys]
+    problems = validate.chat_dataset_problems(splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected)
+    for name, bad in problems.items():
+        yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name])
 
 
 def failed_dataset_checks(instance: dg.DagsterInstance) -> list[str]:

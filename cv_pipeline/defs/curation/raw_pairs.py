@@ -1,0 +1,36 @@
+"""The raw HTML behind cleaned pairs, read back from the raw batches (for the checks and chat_dataset's gate)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from cv_pipeline.defs.resources import DataDirResource
+
+
+def raw_questions(data_dir: DataDirResource, files: list[Path] | None = None) -> Iterator:
+    """The questions of the raw batch ``files`` (default: every partition's)."""
+    from cv_pipeline.collection import load_batch
+
+    for raw in files if files is not None else sorted(data_dir.sub("raw").glob("questions_*.json")):
+        if raw.name.endswith(".stats.json") or not raw.exists():  # a run-stats sidecar, or not collected
+            continue
+        yield from load_batch(raw).questions
+
+
+def pair_bodies(q) -> list[str]:
+    """The raw HTML of a question and of the answer the cleaner paired with it (cleaner.clean_batch's choice)."""
+    from cv_pipeline.sources.models import pick_top_answer
+
+    answer = q.top_answer or pick_top_answer(q.answers)
+    return [q.body_html] + ([answer.body_html] if answer else [])
+
+
+def raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> dict[int, str]:
+    """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as text."""
+    import html
+
+    wanted = set(question_ids)
+    return {
+        q.question_id: html.escape(q.title) + "".join(pair_bodies(q))  # titles arrive decoded
+        for q in raw_questions(data_dir, raw)
+        if q.question_id in wanted
+    }
