@@ -225,6 +225,13 @@ CASES_BOTH_MODES = [
     ),
     ("<p>before</p><table><tr><td>a</td><td></td><td>c</td></tr></table><p>after</p>", "before\n\na | | c\n\nafter"),
     ("<table><tr><td><p>p1</p><p>p2</p></td><td>x<br>y</td></tr></table>", "p1 p2 | x y"),
+    # A list or a table inside a cell stays on the row's line; the lists around the table keep their numbering.
+    ("<table><tr><td><ol start=3><li>x</li><li>y</li></ol></td><td>c</td></tr><tr><td>d</td><td>e</td></tr></table>"
+     "<p>after</p>", "x y | c\nd | e\n\nafter"),
+    ("<table><tr><td><table><tr><td>i1</td><td>i2</td></tr><tr><td>r2</td></tr></table></td><td>c</td></tr></table>",
+     "i1 i2 r2 | c"),
+    ("<ol><li>a</li><li>b<table><tr><td>c1</td><td><ul><li>z</li></ul></td></tr></table></li><li>c</li></ol>",
+     "1. a\n2. b\n  c1 | z\n3. c"),
     # Display math is MathJax source, kept verbatim even in a table cell.
     ("<table><tr><td>a</td><td>$$x\n  y$$</td></tr></table>", "a | $$x\n  y$$"),
     ("<pre>  indented\n    code</pre><p>after</p>", "indented\n    code\n\nafter"),

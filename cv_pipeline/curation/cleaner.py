@@ -26,7 +26,8 @@ Decisions that the rules leave open, documented here and in the tests:
 - List items are one line each, "- " (ul) or "N. " (ol, honouring `start`); nested lists are
   indented two spaces per level; further lines of an item are indented to its level. An item
   whose first content is a nested list keeps its bullet or number on a line of its own.
-- Table rows are one line each, cells joined by " | ".
+- Table rows are one line each, cells joined by " | "; what a cell holds stays on the row's line
+  (its paragraphs, line breaks, list items and inner tables' cells become spaces).
 - `<br>` is a line break; two or more in a row make one blank line.
 - Whitespace runs collapse to one space, except inside `<pre>` and inside a `$$...$$` display
   math span within one block (kept verbatim: line breaks there are MathJax source). A "$$" in
@@ -784,6 +785,7 @@ def _layout(marked: str) -> str:
     prefix_depth = 0  # how many lists were open when that item started
     lists: list[list] = []  # [ordered, next number] per open list
     pre = table = cells = 0  # open <pre>s, open tables, cells seen in the current row
+    nested = 0  # lists and tables open inside the current table cell
     last_space = False
 
     def emit(t: str, raw: bool) -> None:
@@ -813,7 +815,16 @@ def _layout(marked: str) -> str:
         code = piece[:1]
         t = piece[1:]
         soft = table and cells  # inside a table cell, breaks become spaces
-        if code == "P":
+        if soft and (code in _OPENS_IN_CELL or nested and code in _CLOSES_IN_CELL):
+            # A list or table inside a cell stays on the row's line: its items and cells become spaces.
+            if code == "O":
+                t = t.partition(";")[2]
+            if code == "U" or code == "O" or code == "T":
+                nested += 1
+            elif code == "E" or code == "t":
+                nested -= 1
+            emit(" ", False)
+        elif code == "P":
             if soft:
                 emit(" ", False)
             else:
@@ -875,6 +886,10 @@ def _layout(marked: str) -> str:
         if t:
             emit(t, pre > 0)
     return "".join(out).strip()
+
+
+_OPENS_IN_CELL = frozenset("UOTIi")
+_CLOSES_IN_CELL = frozenset("EtRC")
 
 
 def _lay_out(marked: str) -> str:
