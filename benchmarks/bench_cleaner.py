@@ -50,6 +50,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4.element import CData, Script, Stylesheet, TemplateString
 
 from cv_pipeline.atomic import write_json
 from cv_pipeline.curation import cleaner
@@ -68,6 +69,10 @@ def _bs4_parser_name() -> str:
     except ImportError:
         return "html.parser"
     return "lxml"
+
+
+# The strings lexbor's text() includes (script and style text too, not comments), for the notice test.
+_LEXBOR_TEXT_TYPES = (NavigableString, CData, Script, Stylesheet, TemplateString)
 
 
 def bs4_html_to_text(
@@ -92,7 +97,7 @@ def bs4_html_to_text(
         classes = node.get("class") or ()
         if "js-post-notice" in classes or "post-notice" in classes or (tag == "aside" and "s-notice" in classes):
             continue
-        if tag == "blockquote" and cleaner._is_duplicate_notice(node.get_text()):
+        if tag == "blockquote" and cleaner._is_duplicate_notice(node.get_text(types=_LEXBOR_TEXT_TYPES)):
             continue
         if tag in cleaner._DROP_TAGS:
             continue

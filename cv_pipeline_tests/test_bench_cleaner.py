@@ -42,6 +42,10 @@ def test_bs4_cleaner_gives_our_text_on_real_bodies(realdata: Path) -> None:
         "<li>stray item</li><td>stray cell</td><object>dropped</object><img alt=x>",
         "<p>Use <code>$$</code>\n  then <code>kill $$</code></p><p>$$a\n  b$$ <code>x$</code></p>",
         "<ul><li><ol><li>nested first</li></ol></li><li>next</li></ul>",
+        "<blockquote><p><strong>Possible Duplicate:</strong><br><a href=/q/1>A</a></p></blockquote><p>kept</p>"
+        "<blockquote><p>a quote</p></blockquote>",
+        "<blockquote><script>s()</script>Possible Duplicate: a</blockquote><p>kept</p>",  # script text counts in both
+        "<table><tr><td><ul><li>x</li><li>y</li></ul></td><td><table><tr><td>i</td><td>j</td></tr></table></td></tr></table>",
     ],
 )
 def test_bs4_cleaner_gives_our_text_on_structures(html: str) -> None:

@@ -590,6 +590,17 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
         assert (fallback.notices_removed, fallback.elements_dropped) == (tree.notices_removed, tree.elements_dropped)
     assert has_code_block(deep + "<pre>x</pre>")
     assert not has_code_block(deep + "<p>&lt;pre&gt;</p>")
+    # A notice inside a notice, or anything dropped inside one, goes with it: counted once, as the fallback does.
+    for body in ("<blockquote><blockquote><p>Possible Duplicate:</p><p>A</p></blockquote></blockquote><p>text</p>",
+                 "<div class=post-notice><div class=post-notice>n</div><script>s</script><img src=x></div><p>text</p>"):
+        tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+        assert tree.text == fallback.text == "text"
+        assert (tree.notices_removed, tree.elements_dropped, tree.images_dropped) == (1, 0, 0)
+        assert (fallback.notices_removed, fallback.elements_dropped) == (1, 0)
+    # The fallback looks for the notice's words inside the quote only, as the tree passes do.
+    for body in ("<blockquote>Possible</blockquote> Duplicate: a<p>text</p>", "<blockquote></blockquote><p>Possible Duplicate: a</p>"):
+        tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+        assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) and tree.notices_removed == 0
     # The old duplicate notice, a blockquote, goes too (only that one), and is counted as a notice.
     duplicate = "<blockquote>\n <p><strong>Possible Duplicate:</strong><br>\n <a href=/q/1>A &amp; B</a></p></blockquote>"
     quote = "<blockquote><p>a quote</p></blockquote>"
@@ -622,7 +633,9 @@ def _runs_token(draw: st.DrawFn) -> str:
                                      "<pre> </pre>", "<pre><code>a\n\n b</code></pre>", "<br>", "<br><br>",
                                      "<br/> <br>", "<table><tr><td>a</td><td></td><td> b </td></tr></table>",
                                      "<table><tr><td>$$a\n b$$</td></tr></table>", "<code>$$</code>",
-                                     "<code> $ </code>"]))
+                                     "<code> $ </code>", "<blockquote>", "<blockquote> Possible Duplicate: ",
+                                     "<blockquote><p><b>This question already has an answer here:</b>",
+                                     "Possible Duplicates:"]))
     if kind == 3:
         return draw(st.sampled_from(["$$", "$$a\n  b$$", " ", "\n", "\n\n", "\t", "&nbsp;", "&#12;", "&#160;",
                                      "\u2014", "\u03c3", "e\u0301", "\u00a0", "\x0b", "&amp;", "&lt;p&gt;", "\r"]))

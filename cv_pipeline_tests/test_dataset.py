@@ -156,6 +156,10 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
         ("a <br/> b", True),
         ("<!-- comment", True),
         ("Closed. This question needs details", True),
+        # The duplicate notice's later wordings (the cleaner removes the blockquote that holds one), in each form
+        ("This question already has an answer here: Mean vs median", True),
+        ("This question already has answers here:", True),
+        ("This question may already have an answer here:", True),
         # MathJax is text: comparisons inside it, even across two spans, are no tag
         (r"Reject when $T<c \mid H_0$ is false, i.e. when $T>c$.", False),
         (r"We need $P(a<X \le b)$ for $b>a$.", False),

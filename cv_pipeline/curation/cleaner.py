@@ -27,7 +27,8 @@ Decisions that the rules leave open, documented here and in the tests:
   indented two spaces per level; further lines of an item are indented to its level. An item
   whose first content is a nested list keeps its bullet or number on a line of its own.
 - Table rows are one line each, cells joined by " | "; what a cell holds stays on the row's line
-  (its paragraphs, line breaks, list items and inner tables' cells become spaces).
+  (its paragraphs, line breaks, list items and inner tables' cells become spaces; a <pre> in a
+  cell still breaks the row, and rule 1 drops such pairs anyway).
 - `<br>` is a line break; two or more in a row make one blank line.
 - Whitespace runs collapse to one space, except inside `<pre>` and inside a `$$...$$` display
   math span within one block (kept verbatim: line breaks there are MathJax source). A "$$" in
@@ -42,9 +43,10 @@ Decisions that the rules leave open, documented here and in the tests:
   `&sup2;`), else `&#NNN;`. `<`, `>` and `&` stay as they are: the output is text, not HTML.
 - Rule 2 also removes the duplicate notice that Stack Exchange itself edited into the top of
   a question closed as a duplicate, before notices were rendered outside the body: a
-  `<blockquote>` whose text starts "Possible Duplicate:" (or "Possible Duplicates:", or the
-  later "This question already has an answer here:"). Old posts, the highest-voted among
-  them, still carry it in API and dump bodies; it is a link to another question, not content.
+  `<blockquote>` whose text starts "Possible Duplicate(s):" or, in its later wording, "This
+  question (may) already ha(s|ve) an answer / answers here:" (_DUPLICATE_NOTICE_STARTS). Old
+  posts, the highest-voted among them, still carry it in API and dump bodies; it links to
+  another question and is not content. A notice removed takes everything it holds with it.
 - Control characters (other than tab/newline), soft hyphens, zero-width spaces, word joiners
   and BOMs are removed in both modes; lone surrogates are dropped.
 """
@@ -402,37 +404,54 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool, dollars: bool 
     nodes = root.traverse()
     next(nodes)  # the container itself
     drop = []
+    skip_to = None  # inside a dropped subtree: the id of the first node after it (what it holds goes uncounted)
     for node in nodes:
+        if skip_to is not None:
+            if node.mem_id != skip_to:
+                continue
+            skip_to = None
         tag = node.tag
-        if find_notices and _is_notice(node, tag):
+        if find_notices and _is_notice(node, tag) or tag == "blockquote" and _is_duplicate_notice(node.text()):
             drop.append(node)
             conv.notices_removed += 1
+            skip_to = _id_after(node)
             continue
         around = _AROUND.get(tag)
         if around is not None:
-            if tag == "blockquote" and _is_duplicate_notice(node.text()):
-                drop.append(node)
-                conv.notices_removed += 1
-                continue
             _insert_markers(node, tag, around)
         elif tag in _DROP_TAGS:
             drop.append(node)
             conv.elements_dropped += 1
+            skip_to = _id_after(node)
         elif tag == "img":
             conv.images_dropped += 1
         elif dollars and tag == "code" and "$" in node.text():
             node.insert_before("\x00c")
             node.insert_after("\x00c")
-    # Reverse document order: a dropped node nested in another dropped node goes first, so no
-    # node is ever decomposed after an ancestor has already freed it.
-    for node in reversed(drop):
+    for node in drop:  # none is inside another
         node.decompose()
     return root.text()
 
 
+def _id_after(node: LexborNode) -> int:
+    """The mem_id of the first node after `node`'s subtree that traverse() yields (not a text node); 0 if none.
+
+    Linear over a whole pass: the climb from a dropped node passes only ancestors whose subtree it ends.
+    """
+    while node is not None:
+        sibling = node.next
+        while sibling is not None and sibling.tag == "-text":
+            sibling = sibling.next
+        if sibling is not None:
+            return sibling.mem_id
+        node = node.parent
+    return 0
+
+
 # The runs pass (see _runs_text) takes blocks, lists, <pre>, tables and line breaks; the markers
 # it inserts around these elements (items, <pre> and <br> are handled on their own). Dropped
-# elements, comments and processing instructions send a body to the general pass.
+# elements, comments, processing instructions and a duplicate-notice blockquote send a body to
+# the general pass.
 _RUN_MARKERS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("ul", "menu", "dir"), ("\x00U", "\x00E")),
     "ol": ("", "\x00E"),  # its opening marker carries the start number
@@ -709,6 +728,7 @@ def _names_a_notice(tag: str, classes: str) -> bool:
 _DUPLICATE_NOTICE_STARTS = (
     "Possible Duplicate:", "Possible Duplicates:",
     "This question already has an answer here:", "This question already has answers here:",
+    "This question may already have an answer here:", "This question may already have answers here:",
 )
 
 
@@ -1019,8 +1039,12 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
             continue
         tag = m.group(1).lower()
         if tag == "blockquote":
-            # The text right after the start tag, its tags removed: a bounded look, so still linear.
-            if not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", html[m.end() + 1 : m.end() + 400]))):
+            # The text right after the start tag up to the quote's first end tag, its tags removed: a bounded
+            # look, so still linear.
+            head = html[m.end() + 1 : m.end() + 400]
+            end = head.lower().find("</blockquote")
+            head = head if end < 0 else head[:end]
+            if not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
                 continue
         elif "notice" not in m.group(2):
             continue

@@ -19,7 +19,9 @@ _ELEMENTS = (
 _TAG = re.compile(r"</?(" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")(?:\s[^<>]*)?/?>|<!--", re.I)
 # MathJax is kept verbatim (rule 3), so "$T<c \mid H_0$ ... $T>c$" is text: blank math out before looking.
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$]*\$", re.S)
-_NOTICE = re.compile(r"(This question already has answers? here|Closed\.\s+This question|Want to improve this question\?)", re.I)
+_NOTICE = re.compile(
+    r"(This question (?:may )?already ha(?:s|ve) (?:an )?answers? here|Closed\.\s+This question|Want to improve this question\?)", re.I
+)
 
 
 def markup_tokens(text: str) -> list[str]:
