@@ -403,6 +403,25 @@ def test_corpus_has_every_html_feature(first_2000: list[dict[str, object]]) -> N
     assert 0.08 < with_code / 2000 < 0.25
 
 
+def test_old_duplicates_carry_the_notice_stack_exchange_edited_into_their_body(first_2000: list[dict[str, object]]) -> None:
+    """As on the real site until 2013: the cleaner's rule 2 has to remove it (and counts it)."""
+    from cv_pipeline.curation.cleaner import CleaningConfig, _convert
+
+    noticed = [q for q in first_2000 if "Possible Duplicate:" in str(q["body"])]
+    assert len(noticed) >= 3
+    titles = {q["question_id"]: q["title"] for q in first_2000}
+    for q in noticed:
+        assert q["closed_reason"] == "Duplicate" and q["creation_date"] < datetime(2013, 6, 1, tzinfo=timezone.utc).timestamp()
+        body = str(q["body"])
+        assert body.startswith("<blockquote>\n  <p><strong>Possible Duplicate:</strong><br>")
+        target = int(body.split("/questions/")[1].split("/")[0])
+        if target in titles:  # the link names the other question by its own title
+            assert f">{html.escape(str(titles[target]), quote=False)}</a>" in body
+        cleaned = _convert(body, CleaningConfig())
+        assert cleaned.notices_removed == 1 and "Possible Duplicate" not in cleaned.text
+    assert all("Possible Duplicate" not in str(q["body"]) for q in first_2000 if q.get("closed_reason") != "Duplicate")
+
+
 def test_corpus_metadata_is_realistic(first_2000: list[dict[str, object]]) -> None:
     qs = first_2000
     qids = [q["question_id"] for q in qs]

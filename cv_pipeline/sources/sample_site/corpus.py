@@ -37,6 +37,8 @@ _END = int(datetime(2025, 3, 31, tzinfo=timezone.utc).timestamp())
 _CC25_UNTIL = int(datetime(2011, 4, 8, tzinfo=timezone.utc).timestamp())
 _CC30_UNTIL = int(datetime(2018, 5, 2, tzinfo=timezone.utc).timestamp())
 _DAY = 86_400
+# Until about then, closing a question as a duplicate edited a "Possible Duplicate" quote into its body.
+_DUPLICATE_NOTICE_IN_BODY_UNTIL = int(datetime(2013, 6, 1, tzinfo=timezone.utc).timestamp())
 
 
 def content_license(created: int) -> str:
@@ -206,9 +208,7 @@ class SampleCorpus:
     def question(self, rank: int) -> dict[str, Any]:
         """The API-shaped question at ``rank`` with all fields and its ``answers`` (plain title)."""
         shape = self.shape(rank)
-        rng = _rng(self.seed, rank, "text")
-        topic = rng.choice(V.TOPICS)
-        writer = _Writer(rng, topic)
+        rng, writer = self._writer(rank)
         qid = self.question_id(rank)
         created = self._created(rank)
         title = writer.title()
@@ -261,6 +261,8 @@ class SampleCorpus:
         if shape.closed:
             item["closed_date"] = created + rng.randrange(3_600, 20 * _DAY)
             item["closed_reason"] = rng.choice(V.CLOSED_REASONS)
+            if item["closed_reason"] == "Duplicate" and created < _DUPLICATE_NOTICE_IN_BODY_UNTIL:
+                item["body"] = self._duplicate_notice(rank) + item["body"]
         if shape.locked:
             item["locked_date"] = created + rng.randrange(30 * _DAY, 2000 * _DAY)
         if shape.community:
@@ -270,6 +272,23 @@ class SampleCorpus:
         )
         item["answers"] = answers
         return item
+
+    def _writer(self, rank: int) -> tuple[random.Random, _Writer]:
+        """The thread's text rng and its writer (which draws the thread's topic first)."""
+        rng = _rng(self.seed, rank, "text")
+        return rng, _Writer(rng, rng.choice(V.TOPICS))
+
+    def _duplicate_notice(self, rank: int) -> str:
+        """The quote Stack Exchange edited into the top of an old question closed as a duplicate of another."""
+        target = _rng(self.seed, rank, "duplicate").randrange(self.n_questions)
+        if target == rank:
+            target = (rank + 1) % self.n_questions
+        title = self._writer(target)[1].title()  # the target's own title: its writer draws it first
+        qid = self.question_id(target)
+        return (
+            f'<blockquote>\n  <p><strong>Possible Duplicate:</strong><br>\n  <a href="{SITE_URL}/questions/{qid}/'
+            f'{slugify(title)}">{html.escape(title, quote=False)}</a>  </p>\n</blockquote>\n\n\n\n'
+        )
 
     def _owner(self, user_id: int) -> dict[str, Any]:
         """A user is a pure function of (seed, user_id), so one id always shows the same name."""
