@@ -278,6 +278,13 @@ def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch)
         gpu = "nvidia.com/gpu" in config["container_config"]["resources"]["requests"]
         on_gpu = key.to_user_string() in ("lora_adapter_all_pairs", "lora_adapter_top_10k", "adapter_evaluation")
         assert (pool, gpu) == (("gpu", True) if on_gpu else ("cpu", False)), key
+    # the check steps too: file reads on a CPU node
+    assert defs.asset_checks
+    for checks in defs.asset_checks:
+        config = checks.node_def.tags.get("dagster-k8s/config")
+        assert config is not None, f"{checks.node_def.name} has no k8s placement"
+        config = json.loads(config) if isinstance(config, str) else config
+        assert config["pod_spec_config"]["node_selector"]["cv-pipeline/node-pool"] == "cpu", checks.node_def.name
 
 
 @pytest.mark.parametrize(

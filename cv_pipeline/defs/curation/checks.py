@@ -18,6 +18,7 @@ from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import SPLITS, read_cleaned
 from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
 from cv_pipeline.defs.curation.raw_pairs import pair_bodies, raw_pair_html, raw_questions
+from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource
 
 chat_dataset = dg.AssetKey("chat_dataset")
@@ -64,6 +65,7 @@ _CLEANED_ASSET = cleaned_qa_pairs.key
     ],
     can_subset=True,
     name="cleaned_qa_pairs_checks",
+    op_tags=CPU_STEP,
 )
 def cleaned_qa_pairs_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
@@ -134,6 +136,7 @@ def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
     ],
     can_subset=True,
     name="chat_dataset_checks",
+    op_tags=CPU_STEP,
 )
 def chat_dataset_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource

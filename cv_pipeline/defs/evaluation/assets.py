@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from cv_pipeline.defs.metadata import image
-from cv_pipeline.defs.operations.k8s import EXPORT_STEP, GPU_STEP
+from cv_pipeline.defs.operations.k8s import CPU_STEP, EXPORT_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.evaluation import MergeMode
 from cv_pipeline.profiles import Profile
@@ -67,7 +67,8 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         metadata |= {f"loss/{m}": round(v["loss"], 4) for m, v in results["models"].items()}
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset_check(asset=adapter_evaluation, description="Each adapter's held-out loss is below the base model's.")
+    @dg.asset_check(asset=adapter_evaluation, description="Each adapter's held-out loss is below the base model's.",
+                    op_tags=CPU_STEP)
     def adapters_beat_base(data_dir: DataDirResource) -> dg.AssetCheckResult:
         metrics = json.loads((data_dir.sub("evaluation") / "metrics.json").read_text())
         losses = {m: v["loss"] for m, v in metrics["models"].items()}
