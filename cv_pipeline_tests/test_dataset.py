@@ -158,8 +158,9 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
         ("Closed. This question needs details", True),
         # The duplicate notice's later wordings (the cleaner removes the blockquote that holds one), in each form
         ("This question already has an answer here: Mean vs median", True),
-        ("This question already has answers here:", True),
+        ("Title?\n\nThis question already has answers here:\n- A", True),
         ("This question may already have an answer here:", True),
+        ("As I said, this question already has an answer here: see the FAQ", False),  # in passing: no notice
         # MathJax is text: comparisons inside it, even across two spans, are no tag
         (r"Reject when $T<c \mid H_0$ is false, i.e. when $T>c$.", False),
         (r"We need $P(a<X \le b)$ for $b>a$.", False),
