@@ -5,6 +5,9 @@ The question at rank ``r`` is a pure function of ``(seed, r)`` (not of the corpu
 are shaped like Stack Exchange API 2.3 question objects (with every field the server may emit;
 the server's filter decides which ones go out) and carry an embedded ``answers`` list.
 Titles and display names are plain text here; the server HTML-escapes them as the API does.
+Bodies carry what the cleaner has to handle in real posts: code blocks, inline code and MathJax,
+lists, tables, quotes, images, entities, typographic punctuation and, in old questions closed as
+duplicates, the "Possible Duplicate" quote Stack Exchange edited into the body.
 """
 
 from __future__ import annotations
