@@ -97,7 +97,8 @@ def bs4_html_to_text(
         classes = node.get("class") or ()
         if "js-post-notice" in classes or "post-notice" in classes or (tag == "aside" and "s-notice" in classes):
             continue
-        if tag == "blockquote" and cleaner._is_duplicate_notice(node.get_text(types=_LEXBOR_TEXT_TYPES)):
+        if (tag == "blockquote" and cleaner._is_duplicate_notice(node.get_text(types=_LEXBOR_TEXT_TYPES))
+                and getattr(node.find(True, recursive=False), "name", None) != "blockquote"):
             continue
         if tag in cleaner._DROP_TAGS:
             continue

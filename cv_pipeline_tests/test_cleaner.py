@@ -192,6 +192,9 @@ CASES_BOTH_MODES = [
     ("<blockquote><p>The FAQ says: Possible Duplicate: questions get closed</p></blockquote><p>Body</p>",
      "The FAQ says: Possible Duplicate: questions get closed\n\nBody"),
     ("<blockquote><p>Possible duplicate: ask first</p></blockquote>", "Possible duplicate: ask first"),
+    # A user's quote of an old question, notice and all: only the inner quote is the notice.
+    ("<blockquote>\n<blockquote><p><b>Possible Duplicate:</b><br><a href=/q/1>A</a></p></blockquote>\n"
+     "<p>Quoted question</p></blockquote><p>Body</p>", "Quoted question\n\nBody"),
     ("<p><strong>Possible Duplicate:</strong> not in a quote</p>", "Possible Duplicate: not in a quote"),
     ("<p>a</p><script>alert('x')</script><style>p { color: red }</style><p>b</p>", "a\n\nb"),
     ("<p>a<noscript>ns</noscript><template>tpl</template><iframe>frame</iframe>b</p>", "ab"),
@@ -601,6 +604,10 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
     for body in ("<blockquote>Possible</blockquote> Duplicate: a<p>text</p>", "<blockquote></blockquote><p>Possible Duplicate: a</p>"):
         tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
         assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) and tree.notices_removed == 0
+    # A quote that opens with the notice (a user quoting an old question) keeps the rest, in both.
+    body = "<blockquote> <blockquote>Possible Duplicate: x</blockquote>quoted</blockquote><p>text</p>"
+    tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+    assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) == ("quoted\n\ntext", 1)
     # The old duplicate notice, a blockquote, goes too (only that one), and is counted as a notice.
     duplicate = "<blockquote>\n <p><strong>Possible Duplicate:</strong><br>\n <a href=/q/1>A &amp; B</a></p></blockquote>"
     quote = "<blockquote><p>a quote</p></blockquote>"

@@ -46,7 +46,8 @@ Decisions that the rules leave open, documented here and in the tests:
   `<blockquote>` whose text starts "Possible Duplicate(s):" or, in its later wording, "This
   question (may) already ha(s|ve) an answer / answers here:" (_DUPLICATE_NOTICE_STARTS). Old
   posts, the highest-voted among them, still carry it in API and dump bodies; it links to
-  another question and is not content. A notice removed takes everything it holds with it.
+  another question and is not content. A notice removed takes everything it holds with it; a
+  quote that opens with the notice quote (a user quoting an old question) loses only that.
 - Control characters (other than tab/newline), soft hyphens, zero-width spaces, word joiners
   and BOMs are removed in both modes; lone surrogates are dropped.
 """
@@ -411,7 +412,7 @@ def _mark(root: LexborNode, conv: _Converted, find_notices: bool, dollars: bool 
                 continue
             skip_to = None
         tag = node.tag
-        if find_notices and _is_notice(node, tag) or tag == "blockquote" and _is_duplicate_notice(node.text()):
+        if find_notices and _is_notice(node, tag) or tag == "blockquote" and _is_duplicate_notice_quote(node):
             drop.append(node)
             conv.notices_removed += 1
             skip_to = _id_after(node)
@@ -543,7 +544,7 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
     # Looked for only in bodies with <code> (a scan of the HTML costs about what the int compares above do).
     if codes and "$$" in html and any("$" in code.text() for code in codes):
         return None
-    if quotes and any(_is_duplicate_notice(quote.text()) for quote in quotes):  # the general pass removes it
+    if quotes and any(_is_duplicate_notice_quote(quote) for quote in quotes):  # the general pass removes it
         return None
     # Document order: an element is unwrapped before its descendants, and only empty elements
     # (which have none) are deleted, so every node here is still alive when reached.
@@ -734,6 +735,15 @@ _DUPLICATE_NOTICE_STARTS = (
 
 def _is_duplicate_notice(blockquote_text: str) -> bool:
     return blockquote_text.lstrip().startswith(_DUPLICATE_NOTICE_STARTS)
+
+
+def _is_duplicate_notice_quote(blockquote: LexborNode) -> bool:
+    """A blockquote that is the notice: its text starts with the notice's words, and not because it opens with
+    another quote (a user quoting an old question, notice and all: only the inner quote is the notice)."""
+    if not _is_duplicate_notice(blockquote.text()):
+        return False
+    first = next(blockquote.iter(), None)
+    return first is None or first.tag != "blockquote"
 
 
 _PROTECTED = re.compile(r"(\x00X.*?\x00x|\$\$[^$\x00]+\$\$)", re.S)
@@ -1042,9 +1052,10 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
             # The text right after the start tag up to the quote's first end tag, its tags removed: a bounded
             # look, so still linear.
             head = html[m.end() + 1 : m.end() + 400]
-            end = head.lower().find("</blockquote")
+            lower = head.lower()
+            end = lower.find("</blockquote")
             head = head if end < 0 else head[:end]
-            if not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
+            if lower.lstrip().startswith("<blockquote") or not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
                 continue
         elif "notice" not in m.group(2):
             continue
