@@ -46,6 +46,7 @@ def test_bs4_cleaner_gives_our_text_on_real_bodies(realdata: Path) -> None:
         "<blockquote><p>a quote</p></blockquote>",
         "<blockquote><script>s()</script>Possible Duplicate: a</blockquote><p>kept</p>",  # script text counts in both
         "<blockquote> <blockquote><p>Possible Duplicate: <a href=/q/1>A</a></p></blockquote><p>q</p></blockquote>",
+        "<blockquote><!-- c --><blockquote><p>Possible Duplicate: <a href=/q/1>A</a></p></blockquote><p>q</p></blockquote>",
         "<table><tr><td><ul><li>x</li><li>y</li></ul></td><td><table><tr><td>i</td><td>j</td></tr></table></td></tr></table>",
     ],
 )

@@ -605,9 +605,10 @@ def test_deep_input_fallback_keeps_the_rules() -> None:
         tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
         assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) and tree.notices_removed == 0
     # A quote that opens with the notice (a user quoting an old question) keeps the rest, in both.
-    body = "<blockquote> <blockquote>Possible Duplicate: x</blockquote>quoted</blockquote><p>text</p>"
-    tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
-    assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) == ("quoted\n\ntext", 1)
+    for before in (" ", "<!-- c -->\n", "&nbsp;"):
+        body = f"<blockquote>{before}<blockquote>Possible Duplicate: x</blockquote>quoted</blockquote><p>text</p>"
+        tree, fallback = cleaner._convert(body, CleaningConfig()), cleaner._convert(deep + body, CleaningConfig())
+        assert (tree.text, tree.notices_removed) == (fallback.text, fallback.notices_removed) == ("quoted\n\ntext", 1)
     # The old duplicate notice, a blockquote, goes too (only that one), and is counted as a notice.
     duplicate = "<blockquote>\n <p><strong>Possible Duplicate:</strong><br>\n <a href=/q/1>A &amp; B</a></p></blockquote>"
     quote = "<blockquote><p>a quote</p></blockquote>"

@@ -161,6 +161,8 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
         ("Title?\n\nThis question already has answers here:\n- A", True),
         ("This question may already have an answer here:", True),
         ("As I said, this question already has an answer here: see the FAQ", False),  # in passing: no notice
+        ("My last question was closed. This question asks about variance instead.", False),
+        ("Title\n\nWant to improve this question? Update the question so it focuses on one problem.", True),
         # MathJax is text: comparisons inside it, even across two spans, are no tag
         (r"Reject when $T<c \mid H_0$ is false, i.e. when $T>c$.", False),
         (r"We need $P(a<X \le b)$ for $b>a$.", False),

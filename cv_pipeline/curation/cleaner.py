@@ -742,7 +742,7 @@ def _is_duplicate_notice_quote(blockquote: LexborNode) -> bool:
     another quote (a user quoting an old question, notice and all: only the inner quote is the notice)."""
     if not _is_duplicate_notice(blockquote.text()):
         return False
-    first = next(blockquote.iter(), None)
+    first = next((child for child in blockquote.iter() if child.tag[0] != "-"), None)  # not a comment
     return first is None or first.tag != "blockquote"
 
 
@@ -1055,7 +1055,8 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
             lower = head.lower()
             end = lower.find("</blockquote")
             head = head if end < 0 else head[:end]
-            if lower.lstrip().startswith("<blockquote") or not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
+            opens_with_quote = _html.unescape(_FB_COMMENT.sub("", lower)).lstrip().startswith("<blockquote")
+            if opens_with_quote or not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
                 continue
         elif "notice" not in m.group(2):
             continue

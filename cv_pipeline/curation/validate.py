@@ -19,12 +19,12 @@ _ELEMENTS = (
 _TAG = re.compile(r"</?(" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")(?:\s[^<>]*)?/?>|<!--", re.I)
 # MathJax is kept verbatim (rule 3), so "$T<c \mid H_0$ ... $T>c$" is text: blank math out before looking.
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$]*\$", re.S)
-# Text of the notices rule 2 removes: a page's closed notice anywhere; the duplicate notice's later wordings
-# only where the notice puts them, at the start of a line and with their colon (a blocking check must not trip
-# on an answer that says, in passing, that the question already has an answer here).
+# Text of the notices rule 2 removes, where a notice puts it: at the start of a line (a page's closed notice
+# is blocks of its own; the duplicate notice's later wordings end with their colon). A blocking check must not
+# trip on a post that says in passing "my last question was closed. This question ...".
 _NOTICE = re.compile(
-    r"(?i:Closed\.\s+This question|Want to improve this question\?)"
-    r"|^This question (?:may )?already ha(?:s|ve) (?:an )?answers? here:",
+    r"^(?:Closed\.\s+This question|Want to improve this question\?"
+    r"|This question (?:may )?already ha(?:s|ve) (?:an )?answers? here:)",
     re.M,
 )
 
