@@ -513,7 +513,6 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
     breaks = []
     items = []
     pres = []
-    quotes = []
     images = 0
     # Locals: this loop runs for every element of nearly every body, and a global lookup costs more.
     block_ids, run_marker_ids, pre_ids, not_in_runs = _BLOCK_IDS_BUT_QUOTE, _RUN_MARKER_IDS, _PRE_IDS, _NOT_IN_RUNS_OR_QUOTE
@@ -532,10 +531,10 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
         elif tag in pre_ids:
             pres.append(node)
         elif tag in not_in_runs or tag < first_element:  # below: comments, instructions
-            if tag != quote_id:
+            # A blockquote is a block, kept out of block_ids so that only blockquotes pay for this test;
+            # the general pass removes one that is rule 2's duplicate notice.
+            if tag != quote_id or _is_duplicate_notice_quote(node):
                 return None
-            # A blockquote: a block, kept out of block_ids so that only blockquotes pay for this.
-            quotes.append(node)
         else:
             images += tag == img_id
             inline.append(node)
@@ -543,8 +542,6 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
                 codes.append(node)
     # Looked for only in bodies with <code> (a scan of the HTML costs about what the int compares above do).
     if codes and "$$" in html and any("$" in code.text() for code in codes):
-        return None
-    if quotes and any(_is_duplicate_notice_quote(quote) for quote in quotes):  # the general pass removes it
         return None
     # Document order: an element is unwrapped before its descendants, and only empty elements
     # (which have none) are deleted, so every node here is still alive when reached.
@@ -1053,11 +1050,11 @@ def _fb_drop_notices(html: str) -> tuple[str, int]:
             # look, so still linear.
             head = html[m.end() + 1 : m.end() + 400]
             lower = head.lower()
-            end = lower.find("</blockquote")
-            head = head if end < 0 else head[:end]
-            opens_with_quote = _html.unescape(_FB_COMMENT.sub("", lower)).lstrip().startswith("<blockquote")
-            if opens_with_quote or not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head))):
+            close = lower.find("</blockquote")
+            if not _is_duplicate_notice(_html.unescape(_FB_TAG.sub("", head if close < 0 else head[:close]))):
                 continue
+            if _html.unescape(_FB_COMMENT.sub("", lower)).lstrip().startswith("<blockquote"):
+                continue  # a quote that opens with the notice quote: only the inner one goes
         elif "notice" not in m.group(2):
             continue
         else:
