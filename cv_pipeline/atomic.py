@@ -10,10 +10,12 @@ fsynced after the rename so that a power loss right after success cannot undo it
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,11 +47,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# A temporary file untouched this long belongs to a writer that was killed (SIGKILL, out of memory,
+# a lost node): every writer here fills its file within seconds of creating it.
+STALE_TMP_S = 3600
+
+
+def _remove_stale_tmps(target: Path, suffix: str) -> None:
+    # A killed writer's temporary file would otherwise stay, as large as the output, for good.
+    # Only old ones: a concurrent writer of the same target may be filling a fresh one.
+    cutoff = time.time() - STALE_TMP_S
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{glob.escape(suffix)}.tmp"):
+        try:
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:  # gone already, or not ours to remove
+            pass
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary file path beside ``target``; rename it over ``target`` on success."""
+    """Yield a temporary file path beside ``target``; rename it over ``target`` on success.
+
+    Temporary files of ``target`` that killed writers left (older than ``STALE_TMP_S``) are removed.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmps(target, suffix)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

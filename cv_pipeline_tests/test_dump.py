@@ -358,6 +358,40 @@ def test_archives_give_the_same_pages(tmp_path: Path, name: str, pack) -> None:
     assert DumpSource(tmp_path).fetch_page(1) == DumpSource(plain).fetch_page(1)  # a folder holding Posts.xml
 
 
+def test_a_dump_folder_whose_posts_xml_is_overwritten_in_place_resumes_no_page_of_the_old_dump(tmp_path: Path) -> None:
+    """Overwriting a folder's Posts.xml (cp, an extractor's -y) leaves the folder's own mtime as it was:
+    the checkpoints of a half-collected partition of the old dump must not be mixed into the new one."""
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+
+    folder = tmp_path / "stats_dump"
+    folder.mkdir()
+
+    def posts(word: str) -> None:
+        write_posts(folder / "Posts.xml", [q_row(i, 100 - i, Title=f"{word} {i}") for i in range(1, 5)])
+
+    posts("OLD")
+    first = DumpSource(folder, page_size=2)
+    real_fetch = first.fetch_page
+
+    def fetch_then_die(page: int):
+        if page == 2:
+            raise KeyboardInterrupt  # the run is killed after its first page is checkpointed
+        return real_fetch(page)
+
+    first.fetch_page = fetch_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        collect_batch(first, RankRange(0, 4), tmp_path / "batch.json", tmp_path / "ck")
+    stamp = folder.stat().st_mtime_ns
+    os.utime(folder / "Posts.xml", ns=(stamp + 10**9, stamp + 10**9))  # a later write, whatever the clock's resolution
+    posts("NEW")
+    assert folder.stat().st_mtime_ns == stamp  # the folder itself looks unchanged
+
+    batch = collect_batch(DumpSource(folder, page_size=2), RankRange(0, 4), tmp_path / "batch.json", tmp_path / "ck")
+    assert [q.title for q in batch.questions] == ["NEW 1", "NEW 2", "NEW 3", "NEW 4"]
+    assert batch.stats.pages_resumed == 0
+
+
 def test_7z_archive_is_extracted_once_and_cleaned_up(tmp_path: Path) -> None:
     plain = write_posts(tmp_path / "Posts.xml", [q_row(1, 1), q_row(2, 2), a_row(3, 1, 0), a_row(4, 2, 5)])
     packed = _7z(plain, tmp_path / "stats.stackexchange.com.7z")

@@ -145,6 +145,39 @@ def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, kill
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["pairs.parquet"]
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_a_later_write_once_stale(tmp_path):
+    """A SIGKILLed writer leaves its hidden temporary file (as large as the output); the next write of the
+    same target removes it once it is older than STALE_TMP_S, and never a fresh one a live writer may be filling."""
+    import os
+
+    from cv_pipeline import atomic
+
+    target = tmp_path / "pairs.parquet"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(target), "7"])
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".pairs.parquet.*.parquet.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = list(tmp_path.glob(".pairs.parquet.*.parquet.tmp"))
+    assert killed, "the writer was killed before it created its temporary file"
+    other = tmp_path / ".pairs.parquet.other.json.tmp"  # another suffix: not this writer's kind of file
+    fresh = tmp_path / ".pairs.parquet.live.parquet.tmp"  # a concurrent writer's, just created
+    other.write_text("x")
+    fresh.write_text("x")
+    old = time.time() - atomic.STALE_TMP_S - 60
+    for path in [*killed, other]:
+        os.utime(path, (old, old))
+
+    with atomic.atomic_path(target, suffix=".parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist([{"question_id": 1}]), tmp)
+
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not any(path.exists() for path in killed), left
+    assert fresh.exists() and other.exists(), left
+    assert pq.read_table(target).to_pylist() == [{"question_id": 1}]
+
+
 def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
     """mkstemp/mkdtemp make 0600/0700; what is published must be readable as a plain open() would make it."""
     import os

@@ -246,7 +246,9 @@ class DumpSource(QuestionSource):
 
     def snapshot(self) -> str:
         # Not in describe(): batches of two downloads of one dump are one source for chat_dataset.
-        return _version_key(self.path)
+        # The file read, as for the ranking cache: a folder's own mtime does not change when its
+        # Posts.xml is overwritten in place, and checkpoints of the old dump must not be resumed.
+        return _version_key(self._file())
 
     def fetch_page(self, page: int) -> SourcePage:
         if page < 1:
