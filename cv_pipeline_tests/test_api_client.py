@@ -451,10 +451,54 @@ def test_httpx_logger_redacts_secrets_in_any_url(caplog: pytest.LogCaptureFixtur
         ("/q?site=stats&access_token=a(b)c", "/q?site=stats&access_token=***"),
         ("/q?site=stats&monkey=1", "/q?site=stats&monkey=1"),
         ("no url here", "no url here"),
+        ("GET https://me:pw@mirror.test/2.3/questions failed", "GET https://***@mirror.test/2.3/questions failed"),
+        ("at http://token@mirror.test:8080/2.3", "at http://***@mirror.test:8080/2.3"),
+        ("a@b in prose, //path/x@y", "a@b in prose, //path/x@y"),
     ],
 )
 def test_redact_url_secrets(text: str, expected: str) -> None:
     assert redact_url_secrets(text) == expected
+
+
+def test_a_password_in_base_url_is_used_but_never_shown(clock: FakeClock, tmp_path: Path) -> None:
+    """httpx sends base_url's user:password as Basic auth; the batch file, checkpoints, describe(), repr and
+    every error show the URL without it."""
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+
+    password = "S3cretPassw0rd"
+    base = f"https://mirror-user:{password}@api.example.test/2.3"
+    api = FakeAPI(n_questions=5)
+    with make_source(api, clock, base_url=base) as source:
+        batch = collect_batch(source, RankRange(0, 100), tmp_path / "batch.json", tmp_path / "ck")
+        shown = [source.describe(), repr(source)]
+    assert len(batch.questions) == 5
+    assert api.requests[-1].headers["authorization"].startswith("Basic ")  # still used
+    assert shown[0] == "api https://api.example.test/2.3 site=stats"
+    api.script["questions"].append(httpx.Response(404, text="<html>Not Found</html>"))
+    with make_source(api, clock, base_url=base) as source, pytest.raises(SourceError, match="api.example.test") as err:
+        source.fetch_page(1)
+    written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not any(password in text or "mirror-user" in text for text in [*written, *shown, str(err.value)])
+
+
+def test_a_lone_surrogate_escaped_in_the_json_is_dropped_not_a_crash(clock: FakeClock, tmp_path: Path) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud83d"); json.loads keeps it, and no UTF-8 file can hold it. A whole
+    escaped pair stays one character."""
+    from cv_pipeline.collection import collect_batch
+    from cv_pipeline.partitions import RankRange
+
+    api = FakeAPI(n_questions=2)
+    api.items[0]["title"] = "p-value \ud83d"  # json.dumps escapes it: "p-value \\ud83d"
+    api.items[1]["title"] = "smile \ud83d\ude00"  # a pair, escaped as two halves: json.loads joins them
+    body = json.dumps(wrapper(api.items)).encode()
+    assert b"\\ud83d\\ude00" in body
+    api.script["questions"].append(httpx.Response(200, content=gzip.compress(body), headers={"content-encoding": "gzip"}))
+    with make_source(api, clock) as source:
+        batch = collect_batch(source, RankRange(0, 100), tmp_path / "batch.json", tmp_path / "ck")
+        assert source.lone_surrogates_dropped == 1
+    assert [q.title for q in batch.questions] == ["p-value ", "smile \U0001f600"]
+    assert "\U0001f600" in (tmp_path / "batch.json").read_text(encoding="utf-8")
 
 
 def test_local_describe_drops_the_ephemeral_port(clock: FakeClock) -> None:

@@ -137,6 +137,14 @@ def test_a_key_typed_into_the_run_config_is_refused_and_never_shown(tmp_path, mo
         with StackExchangeResource(source="api", key="typed-k3y-value").open():
             pass
     assert "typed-k3y-value" not in str(caught.value)
+    url = "https://mirror-user:typed-pa55@mirror.example.test/2.3"
+    with pytest.raises(SourceConfigError, match="api_base_url carries a user name or password") as caught:
+        with StackExchangeResource(source="api", api_base_url=url).open():
+            pass
+    assert "typed-pa55" not in str(caught.value)
+    monkeypatch.setenv("MIRROR_URL", url)  # {env: MIRROR_URL}: the source uses it, and never shows it
+    with StackExchangeResource(source="api", api_base_url=url).open() as source:
+        assert "typed-pa55" not in source.describe() + repr(source)
     result = dg.materialize(
         [raw_question_batches], partition_key="00000-04999", raise_on_error=False,
         resources={"stackexchange": StackExchangeResource(source="sample_site", access_token="typed-t0ken"),

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field
@@ -122,6 +123,12 @@ class StackExchangeResource(dg.ConfigurableResource):
                     f"set it in the environment ({SECRET_ENV[name]}) and leave the field unset, or write "
                     f"{{env: {SECRET_ENV[name]}}} (delete that run if the value was real)"
                 )
+        if self.source == "api" and "@" in urlsplit(self.api_base_url).netloc and self.api_base_url not in values:
+            raise SourceConfigError(
+                "stackexchange.api_base_url carries a user name or password (user:password@host), and Dagster keeps "
+                "run config in plain text: put the whole URL in an environment variable and write {env: NAME} "
+                "(delete that run if the password was real)"
+            )
 
 
 class GPUResource(dg.ConfigurableResource):

@@ -72,6 +72,7 @@ FILTER_EXCLUDE = (
 RETRYABLE_ERROR_IDS = {500, 502, 503}
 _QUOTA_MESSAGE = re.compile(r"available in (\d+) seconds?", re.IGNORECASE)
 _SECRET_IN_URL = re.compile(r"((?:^|[?&;\s])(?:key|access_token)=)[^&\s\"']+", re.IGNORECASE)
+_USERINFO_IN_URL = re.compile(r"(?<=//)[^/?#@\s\"']+@")
 _DAY = 24 * 3600
 #: "more requests available in N seconds" with N up to this is waited out; beyond it the
 #: daily quota is spent and we stop with QuotaExhausted instead of sleeping for hours.
@@ -79,8 +80,14 @@ MAX_THROTTLE_WAIT_S = 300
 
 
 def redact_url_secrets(text: str) -> str:
-    """Replace the values of ``key=`` and ``access_token=`` query parameters with ``***``."""
-    return _SECRET_IN_URL.sub(r"\1***", text)
+    """Replace the values of ``key=`` and ``access_token=`` query parameters, and a URL's ``user:password@``, with ``***``."""
+    return _USERINFO_IN_URL.sub("***@", _SECRET_IN_URL.sub(r"\1***", text))
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part: what messages and files may show of a base URL."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _RedactSecretsFilter(logging.Filter):
@@ -180,6 +187,26 @@ def _decode_body(content: bytes) -> dict[str, Any]:
     return payload
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _drop_lone_surrogates(value: Any) -> tuple[Any, int]:
+    """``value`` (decoded JSON) without lone UTF-16 surrogates, and how many it held.
+
+    JSON may escape half of a surrogate pair alone ("\\ud83d"); json.loads joins a whole pair into one
+    character and keeps a lone half, which no UTF-8 file can hold. The dump reader drops such
+    characters too (the cleaner would remove them anyway)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.subn("", value)
+    if isinstance(value, list):
+        pairs = [_drop_lone_surrogates(v) for v in value]
+        return [v for v, _ in pairs], sum(n for _, n in pairs)
+    if isinstance(value, dict):
+        pairs = {k: _drop_lone_surrogates(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    return value, 0
+
+
 def _unescape(value: str | None) -> str | None:
     # A safe (unsafe=false) filter HTML-escapes plain strings such as titles and close reasons.
     return html.unescape(value) if value is not None else None
@@ -264,6 +291,8 @@ class StackExchangeAPISource(QuestionSource):
         _check_base_url(base_url)
         self._site = site
         self.base_url = base_url.rstrip("/")
+        # What messages and files show: httpx sends a user:password part as Basic auth, never shown.
+        self.shown_url = _without_userinfo(self.base_url)
         self.page_size = page_size
         self.keep_all_answers = keep_all_answers
         self.max_retries = max_retries
@@ -280,6 +309,8 @@ class StackExchangeAPISource(QuestionSource):
         self.quota_remaining: int | None = None
         self.quota_max: int | None = None
         self.requests = 0
+        #: Lone UTF-16 surrogates (a JSON escape of half a pair) dropped from responses: UTF-8 cannot hold them.
+        self.lone_surrogates_dropped = 0
         credentials = {k: v for k, v in (("key", key), ("access_token", access_token)) if v}
         _install_httpx_log_filter()
         if transport is None:
@@ -287,7 +318,7 @@ class StackExchangeAPISource(QuestionSource):
                 transport = httpx.HTTPTransport(proxy=proxy_for(self.base_url))
             except (ValueError, ImportError, httpx.InvalidURL) as exc:  # the value is not shown: it may hold a password
                 raise SourceError(
-                    f"the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {self.base_url} cannot be used "
+                    f"the proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY names for {self.shown_url} cannot be used "
                     f"({type(exc).__name__}); set it to http://host:port, or name the host in NO_PROXY"
                 ) from None
         self._client = httpx.Client(
@@ -302,7 +333,7 @@ class StackExchangeAPISource(QuestionSource):
         return self._site
 
     def describe(self) -> str:
-        parts = urlsplit(self.base_url)
+        parts = urlsplit(self.shown_url)
         host = parts.hostname or ""
         if host in ("127.0.0.1", "localhost", "::1"):
             # A local sample site's port changes from run to run; keeping it would make two
@@ -332,7 +363,7 @@ class StackExchangeAPISource(QuestionSource):
         payload = self._get("questions", params)
         items = payload.get("items")
         if not isinstance(items, list):
-            raise SourceError(f"GET /questions page {page}: the response has no 'items' list; check base_url {self.base_url!r}")
+            raise SourceError(f"GET /questions page {page}: the response has no 'items' list; check base_url {self.shown_url!r}")
         offset = (page - 1) * self.page_size
         try:
             questions = [
@@ -373,7 +404,7 @@ class StackExchangeAPISource(QuestionSource):
                 self._filter = str(payload["items"][0]["filter"])
             except (KeyError, IndexError, TypeError):
                 raise SourceError(
-                    f"GET /filters/create at {self.base_url} returned no filter; "
+                    f"GET /filters/create at {self.shown_url} returned no filter; "
                     "check that base_url points at the Stack Exchange API 2.3"
                 ) from None
             log.info("created API filter %s", self._filter)
@@ -405,6 +436,10 @@ class StackExchangeAPISource(QuestionSource):
                 continue
             try:
                 payload = _decode_body(response.content)
+                # A surrogate can only come from a JSON escape ("\\ud83d"): a cheap test spares the walk.
+                if b"\\ud" in response.content or b"\\uD" in response.content or response.content[:2] == b"\x1f\x8b":
+                    payload, dropped = _drop_lone_surrogates(payload)
+                    self.lone_surrogates_dropped += dropped
             except _Unreadable as exc:
                 # A cut-off or garbled API body (gzip or JSON) is a glitch worth retrying, whatever
                 # the status; a 4xx page that is not even trying to be JSON means a wrong base_url.
@@ -414,7 +449,7 @@ class StackExchangeAPISource(QuestionSource):
                     continue
                 raise SourceError(
                     f"GET {path}: HTTP {response.status_code} without an API error body ({exc}); "
-                    f"check that base_url {self.base_url!r} is the Stack Exchange API 2.3"
+                    f"check that base_url {self.shown_url!r} is the Stack Exchange API 2.3"
                 ) from None
             self._note_wrapper(method, payload)
             error_id = payload.get("error_id")
@@ -425,7 +460,7 @@ class StackExchangeAPISource(QuestionSource):
                 problem = f"HTTP {response.status_code} with no error_id"
                 if response.status_code >= 500 or response.status_code == 429:
                     continue
-                raise SourceError(f"GET {path}: HTTP {response.status_code} with no API error id; check base_url {self.base_url!r}")
+                raise SourceError(f"GET {path}: HTTP {response.status_code} with no API error id; check base_url {self.shown_url!r}")
             message = self._redact(str(payload.get("error_message", "")))
             name = str(payload.get("error_name", ""))
             if error_id == 502 and (found := _QUOTA_MESSAGE.search(message)):
@@ -442,7 +477,7 @@ class StackExchangeAPISource(QuestionSource):
                 continue
             raise SourceError(f"GET {path}: {self._explain(error_id, name, message, params)}")
         raise TransientSourceError(
-            f"GET {path} failed {self.max_retries + 1} times, last: {problem}; the API at {self.base_url} "
+            f"GET {path} failed {self.max_retries + 1} times, last: {problem}; the API at {self.shown_url} "
             "is unavailable or throttling: wait a few minutes and re-run (finished pages are kept)"
         )
 
@@ -491,7 +526,7 @@ class StackExchangeAPISource(QuestionSource):
             401: "this call needs an access token: set STACKEXCHANGE_ACCESS_TOKEN",
             402: "the access token is invalid or expired: renew STACKEXCHANGE_ACCESS_TOKEN or drop it",
             403: "the access token lacks the scope this call needs: renew it with the right scope or drop it",
-            404: f"this is not an API 2.3 method: check base_url {self.base_url!r} (it must end in /2.3)",
+            404: f"this is not an API 2.3 method: check base_url {self.shown_url!r} (it must end in /2.3)",
             405: "an access token needs an app key too: set STACKEXCHANGE_KEY",
             406: "the access token leaked and was revoked by Stack Exchange: create a new one",
         }

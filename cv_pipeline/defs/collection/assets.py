@@ -40,6 +40,10 @@ def raw_question_batches(
                 if dropped:
                     context.log.warning(f"dropped {dropped} character references XML 1.0 forbids (control characters "
                                         "the dump's exporter escaped) while reading the dump")
+            if lone := getattr(source, "lone_surrogates_dropped", 0):  # the API
+                extra["lone_surrogates_dropped"] = lone
+                context.log.warning(f"dropped {lone} lone UTF-16 surrogates (JSON escapes of half a character) from "
+                                    "API responses: no UTF-8 file can hold them")
     except QuotaExhausted as exc:
         # Waiting minutes will not help: the daily quota resets tomorrow. Pages fetched so far are kept.
         raise dg.Failure(description=str(exc), metadata={"resume_at_epoch": exc.resume_at or 0}, allow_retries=False) from exc
