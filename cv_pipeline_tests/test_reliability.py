@@ -348,6 +348,68 @@ def test_a_blocking_check_that_raised_counts_as_failed_for_a_later_adapter_run(t
         spec.key.name for spec in checks.chat_dataset_checks.check_specs)
 
 
+def test_a_verdict_on_the_dataset_on_disk_survives_a_later_rebuild_refused_by_its_gate(tmp_path, monkeypatch):
+    """The adapters' guard and automatic retraining read each blocking check's history, not only its latest
+    record: a later chat_dataset run that planned the checks but built nothing (refused by its gate) judged
+    nothing, so a failure on the files on disk still refuses training, a pass still allows it, and a check
+    that crashed in a checks-only run (*Execute checks*) counts as failed."""
+    from cv_pipeline.defs.curation import checks
+    from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline_tests.test_dataset import pair
+
+    rows = [pair(q, q) for q in range(1, 60)]
+    cleaned = tmp_path / "cleaned" / "pairs_00000-04999.parquet"
+    cleaned.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), cleaned)
+    defs = build_definitions(get_profile("demo").model_copy(update={"auto_retrain": True}), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))
+    everything = [*defs.assets, *defs.asset_checks]
+    adapters = [dg.AssetKey("lora_adapter_all_pairs"), dg.AssetKey("lora_adapter_top_10k")]
+
+    def build():
+        return dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance,
+                              raise_on_error=False)
+
+    def refused_rebuild():  # new cleaned data the gate refuses: its checks are planned, never run
+        bad = [dict(r, answer=r["answer"] + " <div>left over</div>") if r["question_id"] == 7 else r for r in rows]
+        pq.write_table(pa.Table.from_pylist(bad), cleaned)
+        assert not build().get_asset_materialization_events()
+        pq.write_table(pa.Table.from_pylist(rows), cleaned)
+
+    def execute_checks():
+        return dg.materialize(everything, selection=dg.AssetSelection.checks_for_assets("chat_dataset"),
+                              resources=defs.resources, instance=instance, raise_on_error=False)
+
+    def retrain_requested() -> bool:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                                   asset_selection=dg.AssetSelection.assets(*adapters))
+        return all(result.get_num_requested(a) == 1 for a in adapters)
+
+    assert build().success
+    refused_rebuild()
+    assert set(checks.dataset_check_states(instance).values()) == {"passed"}
+    assert retrain_requested()  # the dataset on disk passed: the refused rebuild does not hold training back
+
+    train = tmp_path / "chat_dataset" / "train.jsonl"
+    first, *rest = train.read_text(encoding="utf-8").splitlines()
+    row = json.loads(first)
+    row["messages"][1]["content"] += " <div>x</div>"
+    train.write_text("\n".join([json.dumps(row), *rest]) + "\n", encoding="utf-8")  # changed on disk since
+    assert not execute_checks().success
+    refused_rebuild()
+    assert checks.failed_dataset_checks(instance) == ["chat_has_no_markup"]
+    assert not retrain_requested()
+
+    assert build().success  # rebuilt from the good cleaned data: accepted again
+    monkeypatch.setattr(checks, "_splits", lambda _data_dir: (_ for _ in ()).throw(OSError("the folder vanished")))
+    crashed = execute_checks()
+    assert not crashed.success and not crashed.get_asset_check_evaluations()
+    assert checks.failed_dataset_checks(instance) == sorted(spec.key.name for spec in checks.chat_dataset_checks.check_specs)
+    assert not retrain_requested()
+
+
 def test_throttled_with_backoff_several_times_then_the_batch_completes(tmp_path):
     """Scenario 1: `throttle_violation` carrying `backoff`, three times; the client waits each one out."""
     from cv_pipeline.collection import collect_batch

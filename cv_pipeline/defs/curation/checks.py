@@ -148,28 +148,17 @@ def chat_dataset_checks(
         yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name])
 
 
+def dataset_check_states(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Each blocking chat_dataset check's verdict on the dataset now on disk: see blocking_check_states."""
+    from cv_pipeline.defs.operations.automation import blocking_check_states
+
+    return blocking_check_states(instance, chat_dataset, [s.key for s in chat_dataset_checks.check_specs if s.blocking])
+
+
 def failed_dataset_checks(instance: dg.DagsterInstance) -> list[str]:
-    """The blocking chat_dataset checks that failed on its latest materialisation.
+    """The blocking chat_dataset checks that failed (or crashed) on the dataset now on disk.
 
     Blocking checks stop the rest of the run they ran in; this lets a later run that does not include
     them (*Materialize* on an adapter alone) refuse the same data.
     """
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
-    latest = instance.get_latest_materialization_event(chat_dataset)
-    if latest is None:
-        return []
-    keys = [spec.key for spec in chat_dataset_checks.check_specs if spec.blocking]
-    failed = []
-    for key, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(keys).items():
-        if record.status == AssetCheckExecutionRecordStatus.FAILED and record.event is not None:
-            evaluation = record.event.dagster_event.event_specific_data  # an AssetCheckEvaluation
-            target = getattr(evaluation, "target_materialization_data", None)
-            if target is not None and target.run_id == latest.run_id:
-                failed.append(key.name)
-        elif record.status == AssetCheckExecutionRecordStatus.PLANNED and record.run_id == latest.run_id:
-            # Planned in the run that built the dataset, which has ended: the check raised instead of passing.
-            run = instance.get_run_by_id(record.run_id)
-            if run is not None and run.is_finished:
-                failed.append(key.name)
-    return sorted(failed)
+    return sorted(name for name, state in dataset_check_states(instance).items() if state == "failed")

@@ -119,6 +119,91 @@ class NewPartitionsToRead(_UnreadData):
         return read != current  # a new or changed partition, or one that was wiped
 
 
+_HISTORY = 100  # check records read per check, newest first: far more than the runs between two builds
+
+
+def blocking_check_states(
+    instance: dg.DagsterInstance, asset: dg.AssetKey, check_keys: list[dg.AssetCheckKey]
+) -> dict[str, str]:
+    """Each check's verdict on the asset as it is now (its latest materialisation): "passed", "failed" (a
+    failing result, or a check that crashed: planned in a finished run that gave no result) or "pending"
+    (not judged yet).
+
+    Judged from each check's history, not only its latest record (which is what Dagster's own
+    check_passed() reads): a later run that planned the checks but never materialised the asset (refused by
+    its own gate, cancelled, still running) judged nothing, so the verdict before it still stands; a
+    checks-only run (*Execute checks*) judges what is there now.
+    """
+    from dagster._core.events import DagsterEventType
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+    found = instance.fetch_materializations(asset, limit=1).records
+    if not found:
+        return {key.name: "pending" for key in check_keys}
+    latest = found[0]  # storage ids order events exactly (check records' timestamps are whole seconds)
+    runs: dict[str, tuple[bool, dict[str, int]]] = {}
+
+    def planned(run_id: str) -> tuple[bool, dict[str, int]]:
+        """Whether the run planned to materialise the asset, and the storage id of each check it planned."""
+        if run_id not in runs:
+            kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
+            build, checks = False, {}
+            for record in instance.get_records_for_run(run_id, of_type=kinds).records:
+                event = record.event_log_entry.dagster_event
+                if event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+                    build = build or event.asset_key == asset
+                else:
+                    checks[event.event_specific_data.asset_check_key.name] = record.storage_id
+            runs[run_id] = (build, checks)
+        return runs[run_id]
+
+    def verdict(key: dg.AssetCheckKey) -> str:
+        for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=_HISTORY):
+            if record.status == Status.PLANNED:
+                run = instance.get_run_by_id(record.run_id)
+                if run is None:
+                    continue
+                if record.run_id == latest.run_id:  # the run that made it: ended without a result, the check raised
+                    return "failed" if run.is_finished else "pending"
+                build, checks = planned(record.run_id)
+                if checks.get(key.name, 0) < latest.storage_id:  # planned for an older materialisation
+                    return "pending"
+                if build or not run.is_finished:  # a rebuild that did not land, or a run still going
+                    continue
+                return "failed"  # a checks-only run that ended without a result: the check raised on what is there
+            evaluation = record.event.dagster_event.event_specific_data if record.event is not None else None
+            target = getattr(evaluation, "target_materialization_data", None)
+            if target is not None and target.storage_id == latest.storage_id:
+                return "passed" if record.status == Status.SUCCEEDED else "failed"
+        return "pending"
+
+    return {key.name: verdict(key) for key in check_keys}
+
+
+class BlockingChecksPassed(dg.AutomationCondition):
+    """True while every blocking check of every dependency passed on what that dependency is now.
+
+    Dagster's all_deps_blocking_checks_passed() reads each check's latest record, so a later rebuild of
+    chat_dataset refused by its own gate (its checks planned, never run) would hide the verdict on the
+    dataset still on disk, and the adapters would wait for a person. blocking_check_states reads the
+    history, as the adapters' own guard does (failed_dataset_checks), so both agree; a check that failed
+    on the files now on disk (changed since, judged by *Execute checks*) keeps the adapters waiting."""
+
+    @property
+    def name(self) -> str:
+        return "all_deps_blocking_checks_passed_on_disk"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        graph, instance = context.asset_graph, context.asset_graph_view.instance
+        passed = True
+        for dep in sorted(graph.get(context.key).parent_keys):
+            blocking = sorted((k for k in graph.get(dep).check_keys if graph.get(k).blocking), key=lambda k: k.name)
+            if blocking and any(v != "passed" for v in blocking_check_states(instance, dep, blocking).values()):
+                passed = False
+                break
+        return dg.AutomationResult(context, context.candidate_subset if passed else context.get_empty_subset())
+
+
 # Eager per partition: run once the partition's raw batch updated, never while an upstream or this
 # asset is in progress.
 FOLLOW_UPSTREAM = _AC.eager()
@@ -146,7 +231,7 @@ UPSTREAM_BUSY = _AC.any_deps_match(_BUSY | _AC.any_deps_match(_BUSY | _AC.any_de
 # same run only, and this request starts a new run).
 RETRAIN_ON_NEW_DATA = (
     NewDataToRead()
-    & _AC.all_deps_blocking_checks_passed()
+    & BlockingChecksPassed()
     & ~_AC.any_deps_missing()
     & ~_AC.in_progress()
     & ~UPSTREAM_BUSY
