@@ -111,6 +111,29 @@ def test_gradient_checkpointing_setting_reaches_unsloth_on_cuda_only():
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         TrainingHyperparams(gradient_checkpointing="yes")
 
+@pytest.mark.parametrize(("name", "capability", "native"), [("Tesla T4", (7, 5), False), ("NVIDIA A100", (8, 0), True)])
+def test_bf16_is_chosen_only_where_the_gpu_computes_in_it(monkeypatch, name, capability, native):
+    """torch's is_bf16_supported() says yes on a T4 (bf16 emulated); Unsloth then loads float16 and refuses a bf16
+    trainer. Training and evaluation take bf16 only where the hardware has it (compute capability 8.0+)."""
+    import types
+
+    import torch
+
+    from cv_pipeline.evaluation.evaluator import _dtype_for
+    from cv_pipeline.training.device import cuda_has_native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(name=name, total_memory=16 * 1024**3))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability >= (8, 0))
+    assert cuda_has_native_bf16() is native
+    info = detect_device("auto")
+    assert (info.device, info.name, info.bf16) == ("cuda", name, native)
+    assert _dtype_for(torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
+
+
 def test_detect_device_cuda_without_gpu_is_a_clear_error():
     import torch
 

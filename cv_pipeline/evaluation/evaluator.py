@@ -90,7 +90,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def _dtype_for(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from cv_pipeline.training.device import cuda_has_native_bf16
+
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     return torch.float32  # CPU half precision is slow and lossy; the demo model is small
 
 

@@ -51,6 +51,18 @@ def _cpu_name() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def cuda_has_native_bf16() -> bool:
+    """Whether the GPU computes in bf16 (compute capability 8.0 and up: Ampere, Hopper, ...).
+
+    torch.cuda.is_bf16_supported() also says yes on a T4 or a V100, where bf16 is only emulated: Unsloth then
+    loads the model in float16 and refuses a bf16 trainer, and emulated arithmetic would be slow anyway.
+    """
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return torch.cuda.get_device_capability(0)[0] >= 8
+
+
 def detect_device(prefer: str = "auto", max_memory_gb: float | None = None) -> DeviceInfo:
     """Pick the training device.
 
@@ -77,7 +89,7 @@ def detect_device(prefer: str = "auto", max_memory_gb: float | None = None) -> D
             device="cuda",
             name=props.name,
             total_memory_gb=round(total, 2),
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16=cuda_has_native_bf16(),
             four_bit_available=importlib.util.find_spec("bitsandbytes") is not None,
             max_memory_gb=max_memory_gb,
         )
