@@ -134,6 +134,31 @@ def test_bf16_is_chosen_only_where_the_gpu_computes_in_it(monkeypatch, name, cap
     assert _dtype_for(torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
 
 
+def test_the_cpu_peak_memory_is_this_trainings_not_the_processs(tmp_path):
+    """`cv-pipeline demo` converts the base model and trains both adapters in one process: each adapter's
+    peak_memory_gb must be measured from its own start, not the process's peak so far."""
+    import subprocess
+    import sys
+
+    from cv_pipeline_tests.conftest import REPO_ROOT
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident set")
+    script = (
+        "from cv_pipeline.training.device import detect_device\n"
+        "from cv_pipeline.training.trainer import _peak_memory_gb, _reset_peak_memory\n"
+        "cpu = detect_device('cpu')\n"
+        "big = bytearray(1 << 30); big[::4096] = b'x' * len(big[::4096]); del big  # 1 GiB, touched, freed\n"
+        "before = _peak_memory_gb(cpu)\n"
+        "_reset_peak_memory(cpu)\n"
+        "print('PEAKS', before, _peak_memory_gb(cpu))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    [line] = [line for line in out.stdout.splitlines() if line.startswith("PEAKS ")]  # importing Unsloth prints too
+    before, after = map(float, line.split()[1:])
+    assert before - after > 0.8, (before, after)  # the freed GiB is not in this training's peak
+
+
 def test_detect_device_cuda_without_gpu_is_a_clear_error():
     import torch
 

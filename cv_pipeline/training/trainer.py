@@ -252,8 +252,7 @@ def train_adapter(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through ``log``, not raw prints
 
-    if device.is_cuda:
-        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_memory(device)
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -443,8 +442,27 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], 
     return None
 
 
+def _reset_peak_memory(device: DeviceInfo) -> None:
+    """Start measuring this training's peak: one process may convert the base model and train both adapters."""
+    if device.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: reset the process's peak resident set (VmHWM) to what it holds now, the loaded model included
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass  # elsewhere the peak below is the process's since it started
+
+
 def _peak_memory_gb(device: DeviceInfo) -> float:
     if device.is_cuda:
         return torch.cuda.max_memory_allocated() / 1024**3
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):  # "VmHWM:   4376312 kB", since _reset_peak_memory
+                    return int(line.split()[1]) / 1024**2
+    except (OSError, ValueError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (1024**3 if sys.platform == "darwin" else 1024**2)
