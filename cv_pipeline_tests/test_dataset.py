@@ -71,8 +71,22 @@ def test_duplicates_keep_the_highest_scored_copy_and_are_counted():
 def test_top_subset_is_the_highest_voted_train_pairs():
     ds = build_chat_dataset([pair(q, q * 3 % 1000) for q in range(1, 1001)], top_n=50)
     train_scores = sorted((r["question_score"] for r in ds.splits["train"]), reverse=True)
-    assert [r["question_score"] for r in ds.top] == train_scores[:50]
+    assert sorted((r["question_score"] for r in ds.top), reverse=True) == train_scores[:50]
     assert {r["question_id"] for r in ds.top} <= {r["question_id"] for r in ds.splits["train"]}
+
+
+def test_votes_that_only_reshuffle_the_top_pairs_leave_what_training_reads_unchanged():
+    """The top subset is kept in question-id order, like the splits: a re-scrape where two top questions swap
+    places changes the scores (a new data version) but not the chats in their order, which is what the
+    trainer's fingerprint reads, so the published top_10k adapter is kept instead of retrained."""
+    rows = [pair(q, 1000 - q) for q in range(1, 400)]
+    before = build_chat_dataset(rows, top_n=30)
+    a, b = (r["question_id"] for r in sorted(before.top, key=lambda r: -r["question_score"])[:2])
+    swapped = [dict(r, question_score={a: 1000 - b, b: 1000 - a}.get(r["question_id"], r["question_score"])) for r in rows]
+    after = build_chat_dataset(swapped, top_n=30)
+    assert [r["question_id"] for r in before.top] == sorted(r["question_id"] for r in before.top)
+    assert after.data_version != before.data_version  # the scores did change
+    assert [r["messages"] for r in after.top] == [r["messages"] for r in before.top]
 
 
 def test_messages_alternate_and_splits_are_disjoint():

@@ -34,7 +34,7 @@ Each row: `messages` = [user: question title + body, assistant: the highest-vote
 (the cleaning rules are in the project README), with `question_id`, `answer_id`, scores, tags, and for
 attribution the question's `link` and `license` and the answer's `answer_link` and `answer_license`. Pairs are
 de-duplicated across all partitions by question id and by question text (the highest-voted copy stays).
-Splits are fixed by a hash of the question id. `top_10k` holds the highest-voted pairs of `train`.
+Splits are fixed by a hash of the question id. `top_10k` holds the highest-voted pairs of `train` (in question-id order, like the splits).
 
 ![lengths](lengths.png)
 

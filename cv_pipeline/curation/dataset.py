@@ -183,7 +183,10 @@ def build_chat_dataset(
             "messages": to_messages(row["question"], row["answer"]),
         }
         splits[split_of(qid, fractions)].append(record)
+    # The highest-voted train pairs, kept in question-id order like the splits: votes that only reshuffle the
+    # same pairs leave the rows (and the trainer's fingerprint of them) as they were, so nothing retrains.
     top = sorted(splits["train"], key=lambda r: (-r["question_score"], r["question_id"]))[:top_n]
+    top.sort(key=lambda r: r["question_id"])
     version = content_hash(splits, top)
     counts = {s: len(v) for s, v in splits.items()} | {
         "top_10k": len(top), "duplicates_dropped": duplicates, "duplicate_texts_dropped": text_duplicates,

@@ -133,7 +133,8 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                 allow_retries=False,
             )
         save_chat_dataset(ds, out, source=f"{source}; partitions {', '.join(f.stem for f in files)}")
-        preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in ds.top[:5]]
+        best = sorted(ds.top, key=lambda r: (-r["question_score"], r["question_id"]))[:5]  # the top is in id order
+        preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in best]
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": sum(len(v) for v in ds.splits.values()),
