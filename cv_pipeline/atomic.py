@@ -3,8 +3,9 @@
 A reader (or a crash) therefore only ever sees the old complete file or the new complete one.
 Temporary names start with "." so globs over the data folder never pick them up. What is published
 gets the permissions an ordinary `open()` would give (mkstemp/mkdtemp create 0600/0700, which
-would lock out a webserver or a colleague running under another user), and the parent folder is
-fsynced after the rename so that a power loss right after success cannot undo it.
+would lock out a webserver or a colleague running under another user). What is published is fsynced
+before the rename (a folder's every file too), and the parent folder after it, so that a power loss
+right after success can neither undo it nor leave short files behind it.
 """
 
 from __future__ import annotations
@@ -35,16 +36,7 @@ def _umask() -> int:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. a platform that cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _fsync_path(str(folder), os.O_RDONLY)
 
 
 # A temporary file untouched this long belongs to a writer that was killed (SIGKILL, out of memory,
@@ -134,6 +126,31 @@ def _ordinary_permissions(folder: Path) -> None:
                 os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Make every file in ``folder``, and the folders that name them, durable before a rename publishes them:
+    without it a power loss right after the swap could leave the new folder with empty or short files
+    (save_pretrained and the datasets library do not fsync what they write)."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                _fsync_path(path, os.O_RDONLY)
+        _fsync_path(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. a platform that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _restore_aside(old: Path, target: Path) -> None:
     """Put the folder a swap moved aside back, if the new one never arrived."""
     if old.is_dir() and not target.exists():
@@ -162,6 +179,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
         try:
             yield tmp
             _ordinary_permissions(tmp)
+            _fsync_tree(tmp)
             if target.exists():
                 os.replace(target, old)
             try:

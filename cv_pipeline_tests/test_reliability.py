@@ -178,6 +178,38 @@ def test_a_killed_writers_temporary_file_is_removed_by_a_later_write_once_stale(
     assert pq.read_table(target).to_pylist() == [{"question_id": 1}]
 
 
+def test_a_published_folder_s_files_are_made_durable_before_the_swap(tmp_path, monkeypatch):
+    """save_pretrained and the datasets library do not fsync: atomic_dir syncs every file and folder it is
+    about to publish before the rename, or a power loss right after could leave the new folder with short files."""
+    import os
+
+    from cv_pipeline import atomic
+
+    synced: list[str] = []
+    real = atomic._fsync_path
+    monkeypatch.setattr(atomic, "_fsync_path", lambda path, flags: (synced.append(str(path)), real(path, flags)))
+    renames: list[tuple[str, list[str]]] = []
+    real_replace = atomic.os.replace
+
+    def replace(src, dst):
+        renames.append((str(src), list(synced)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    target = tmp_path / "adapter"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"w" * 1000)
+        (tmp / "nested").mkdir()
+        (tmp / "nested" / "tokenizer.json").write_text("{}")
+        os.symlink(tmp / "nested" / "tokenizer.json", tmp / "link.json")
+        written = sorted(str(p) for p in tmp.rglob("*") if p.is_file() and not p.is_symlink())
+        folders = [str(tmp), str(tmp / "nested")]
+    [(src, synced_by_then)] = [(src, seen) for src, seen in renames if src.endswith(".dirtmp") and ".old." not in src]
+    assert set(written) | set(folders) <= set(synced_by_then), synced_by_then
+    assert not any(path.endswith("link.json") for path in synced_by_then)  # a link's target is not ours
+    assert (target / "nested" / "tokenizer.json").read_text() == "{}"
+
+
 def test_published_files_and_folders_get_ordinary_permissions(tmp_path):
     """mkstemp/mkdtemp make 0600/0700; what is published must be readable as a plain open() would make it."""
     import os
