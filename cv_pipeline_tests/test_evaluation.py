@@ -289,14 +289,30 @@ def test_encode_chat_truncation_keeps_answer_tokens(base_model) -> None:
     from cv_pipeline.evaluation.evaluator import encode_chat
 
     _, tok = base_model
-    row = chat_row(9, "word " * 300, "short answer here")
+    row = chat_row(9, "Title of it\n\n" + " ".join(f"word{i}" for i in range(300)), "short answer here")
     ids, n_prompt = encode_chat(tok, row["messages"], max_length=64)
-    assert len(ids) == 64
+    assert 56 <= len(ids) <= 64  # the question is cut to whole characters: nearly the whole budget is used
     assert 0 < n_prompt < 64
     answer_ids = tok(tok.apply_chat_template(row["messages"], tokenize=False).split("<|im_start|>assistant\n")[1],
                      add_special_tokens=False)["input_ids"]
     end = answer_ids.index(tok.convert_tokens_to_ids("<|im_end|>")) + 1  # scored up to the end of turn
-    assert ids[n_prompt:] == answer_ids[:end]  # the whole (short) answer survives; the question lost its start
+    assert ids[n_prompt:] == answer_ids[:end]  # the whole (short) answer survives
+    # the question lost its end, not the template: the model still sees a well-formed prompt
+    full_prompt = tok.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+    prompt = tok.decode(ids[:n_prompt])
+    head = full_prompt[: full_prompt.index("Title of it")]
+    assert prompt.startswith(head + "Title of it\n\nword0 word1") and "<|im_start|>user" in head
+    assert prompt.endswith(" ...<|im_end|>\n<|im_start|>assistant\n")
+    # generation shortens an over-long question the same way
+    from cv_pipeline.evaluation.evaluator import _prompt_ids
+
+    generation = _prompt_ids(tok, row["messages"][0]["content"], 40)
+    assert 32 <= len(generation) <= 40
+    text = tok.decode(generation)
+    assert text.startswith(head + "Title of it") and text.endswith(" ...<|im_end|>\n<|im_start|>assistant\n")
+    short = "What is a p-value?"
+    assert tok.decode(_prompt_ids(tok, short, 40)) == tok.apply_chat_template(
+        [{"role": "user", "content": short}], tokenize=False, add_generation_prompt=True)
 
 
 @pytest.mark.parametrize(

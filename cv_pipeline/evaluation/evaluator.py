@@ -307,9 +307,10 @@ def encode_chat(
 
     The prompt (everything up to and including the assistant header) and the answer are
     tokenised separately, so the boundary is exact whatever the tokenizer would merge across it.
-    When too long, the answer keeps at least half the budget and the question loses its start:
-    every held-out row then contributes answer tokens. ``turn_ends``: ``turn_end_ids(tok)``, passed in
-    by callers that encode many chats (reading the vocabulary costs tens of ms).
+    When too long, the answer keeps at least half the budget and the question is shortened to the rest:
+    every held-out row then contributes answer tokens, and the prompt keeps the template's system and user
+    headers and its title (the question keeps its start, then " ..."). ``turn_ends``: ``turn_end_ids(tok)``,
+    passed in by callers that encode many chats (reading the vocabulary costs tens of ms).
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("a scored chat must end with an assistant message")
@@ -329,8 +330,39 @@ def encode_chat(
     if len(p_ids) + len(a_ids) > max_length:
         a_keep = min(len(a_ids), max(max_length - len(p_ids), max_length // 2))
         a_ids = a_ids[:a_keep]
-        p_ids = p_ids[len(p_ids) - (max_length - a_keep) :] if len(p_ids) > max_length - a_keep else p_ids
+        if len(p_ids) > max_length - a_keep:
+            p_ids = _shortened_prompt(tok, messages[:-1], max_length - a_keep) or p_ids[len(p_ids) - (max_length - a_keep) :]
     return p_ids + a_ids, len(p_ids)
+
+
+def _prompt_ids(tok: Any, question: str, max_tokens: int) -> list[int]:
+    """A question's generation prompt, its question shortened (template kept) when over ``max_tokens``."""
+    messages = [{"role": "user", "content": question}]
+    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return ids
+    return _shortened_prompt(tok, messages, max_tokens) or ids[-max_tokens:]
+
+
+def _shortened_prompt(tok: Any, messages: Sequence[Mapping[str, str]], budget: int) -> list[int] | None:
+    """The prompt's ids with the last message (the question) cut to the longest start that fits ``budget``
+    tokens, marked " ..."; None when not even an empty question fits (a system prompt longer than that)."""
+
+    def ids(text: str) -> list[int]:
+        shortened = [*messages[:-1], {**messages[-1], "content": text}]
+        prompt = tok.apply_chat_template(shortened, tokenize=False, add_generation_prompt=True)
+        return tok(prompt, add_special_tokens=False)["input_ids"]
+
+    question = messages[-1]["content"]
+    low, high, best = 0, len(question), None  # the longest start that fits: a binary search (about 12 encodings)
+    while low <= high:
+        mid = (low + high) // 2
+        candidate = ids(question[:mid].rstrip() + " ..." if mid else "")
+        if len(candidate) <= budget:
+            best, low = candidate, mid + 1
+        else:
+            high = mid - 1
+    return best
 
 
 def stop_token_ids(model: Any, tok: Any) -> list[int]:
@@ -423,13 +455,7 @@ def generate_answers(
     device = next(model.parameters()).device
     answers: list[str] = []
     for start in range(0, len(questions), batch_size):
-        prompts = [
-            tok(
-                tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
-                add_special_tokens=False,
-            )["input_ids"][-max_prompt_tokens:]
-            for q in questions[start : start + batch_size]
-        ]
+        prompts = [_prompt_ids(tok, q, max_prompt_tokens) for q in questions[start : start + batch_size]]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)

@@ -196,7 +196,7 @@ def write_gguf_adapter(base_config: dict[str, Any], adapter_dir: Path, target: P
 def _merge(base_dir: Path, adapter_dir: Path, target: Path, dtype: str) -> Any:
     from transformers import AutoTokenizer
 
-    # Merged in float32, then cast once for storage (in bf16: the weights the evaluation scores on a GPU).
+    # Merged in float32, then cast once to the storage dtype (float16 by default), so rounding happens once.
     merged_model(base_dir, adapter_dir, _DTYPES[dtype], "cpu").save_pretrained(target)
     tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     tok.save_pretrained(target)
