@@ -112,6 +112,7 @@ def test_the_resource_an_asset_receives_never_prints_its_secrets(tmp_path, monke
     """Bound, the EnvVar becomes the value: printing or logging the resource must not show it."""
     monkeypatch.setenv("STACKEXCHANGE_KEY", "k3y-s3cret-value")
     monkeypatch.setenv("STACKEXCHANGE_ACCESS_TOKEN", "t0ken-s3cret-value")
+    monkeypatch.setenv("MIRROR_URL", "https://mirror-user:pa55-s3cret-value@mirror.example.test/2.3")
     seen: list[str] = []
 
     @dg.asset
@@ -120,9 +121,9 @@ def test_the_resource_an_asset_receives_never_prints_its_secrets(tmp_path, monke
         seen.extend([repr(stackexchange), str(stackexchange), f"{stackexchange}"])
 
     resource = StackExchangeResource(source="api", key=dg.EnvVar("STACKEXCHANGE_KEY"),
-                                     access_token=dg.EnvVar("STACKEXCHANGE_ACCESS_TOKEN"))
+                                     access_token=dg.EnvVar("STACKEXCHANGE_ACCESS_TOKEN"), api_base_url=dg.EnvVar("MIRROR_URL"))
     assert dg.materialize([shows_its_resource], resources={"stackexchange": resource}).success
-    assert len(seen) == 3 and "source='api'" in seen[0]
+    assert len(seen) == 3 and "source='api'" in seen[0] and "mirror.example.test/2.3" in seen[0]
     assert not any("s3cret" in text for text in seen)
 
 

@@ -382,9 +382,10 @@ def test_a_blocking_check_that_raised_counts_as_failed_for_a_later_adapter_run(t
 
 def test_a_verdict_on_the_dataset_on_disk_survives_a_later_rebuild_refused_by_its_gate(tmp_path, monkeypatch):
     """The adapters' guard and automatic retraining read each blocking check's history, not only its latest
-    record: a later chat_dataset run that planned the checks but built nothing (refused by its gate) judged
-    nothing, so a failure on the files on disk still refuses training, a pass still allows it, and a check
-    that crashed in a checks-only run (*Execute checks*) counts as failed."""
+    record: a later chat_dataset run that planned the checks but built nothing (refused by its gate), or a
+    checks-only run cancelled before it started, judged nothing, so a failure on the files on disk still
+    refuses training, a pass still allows it, and a check that crashed in a checks-only run (*Execute
+    checks*) counts as failed."""
     from cv_pipeline.defs.curation import checks
     from cv_pipeline.defs.project import build_definitions
     from cv_pipeline.profiles import get_profile
@@ -423,6 +424,13 @@ def test_a_verdict_on_the_dataset_on_disk_survives_a_later_rebuild_refused_by_it
     refused_rebuild()
     assert set(checks.dataset_check_states(instance).values()) == {"passed"}
     assert retrain_requested()  # the dataset on disk passed: the refused rebuild does not hold training back
+    # Dagster plans checks when it creates a run: a checks-only run cancelled before it started judged nothing
+    job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets("chat_dataset"))
+    job_def = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job],
+                             resources=defs.resources).get_job_def("checks_only")
+    instance.report_run_canceled(instance.create_run_for_job(job_def=job_def))
+    assert set(checks.dataset_check_states(instance).values()) == {"passed"}
+    assert retrain_requested()
 
     train = tmp_path / "chat_dataset" / "train.jsonl"
     first, *rest = train.read_text(encoding="utf-8").splitlines()

@@ -68,6 +68,13 @@ class StackExchangeResource(dg.ConfigurableResource):
     keep_all_answers: bool = Field(False, description="Keep every answer, not only the highest-voted one.")
     requests_per_second: float = Field(10.0, description="Request ceiling; Stack Exchange bans above 30/s.")
 
+    def __repr_args__(self):  # type: ignore[override]
+        # A user:password in api_base_url (from the environment) is shown without its userinfo, as the source does.
+        from cv_pipeline.sources.api import redact_url_secrets
+
+        for name, value in super().__repr_args__():
+            yield name, redact_url_secrets(value) if name == "api_base_url" and isinstance(value, str) else value
+
     @contextlib.contextmanager
     def open(self, work_dir: Path | None = None) -> Iterator[QuestionSource]:
         """The source, open. ``work_dir`` (source=dump): where the dump's ranking and a .7z archive's

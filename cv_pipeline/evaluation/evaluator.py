@@ -346,7 +346,7 @@ def _prompt_ids(tok: Any, question: str, max_tokens: int) -> list[int]:
 
 def _shortened_prompt(tok: Any, messages: Sequence[Mapping[str, str]], budget: int) -> list[int] | None:
     """The prompt's ids with the last message (the question) cut to the longest start that fits ``budget``
-    tokens, marked " ..."; None when not even an empty question fits (a system prompt longer than that)."""
+    tokens, marked " ..."; None when not even "..." fits (a system prompt about as long as the budget)."""
 
     def ids(text: str) -> list[int]:
         shortened = [*messages[:-1], {**messages[-1], "content": text}]
@@ -357,7 +357,7 @@ def _shortened_prompt(tok: Any, messages: Sequence[Mapping[str, str]], budget: i
     low, high, best = 0, len(question), None  # the longest start that fits: a binary search (about 12 encodings)
     while low <= high:
         mid = (low + high) // 2
-        candidate = ids(question[:mid].rstrip() + " ..." if mid else "")
+        candidate = ids((question[:mid].rstrip() + " ...").lstrip())  # always marked as shortened
         if len(candidate) <= budget:
             best, low = candidate, mid + 1
         else:

@@ -72,7 +72,8 @@ FILTER_EXCLUDE = (
 RETRYABLE_ERROR_IDS = {500, 502, 503}
 _QUOTA_MESSAGE = re.compile(r"available in (\d+) seconds?", re.IGNORECASE)
 _SECRET_IN_URL = re.compile(r"((?:^|[?&;\s])(?:key|access_token)=)[^&\s\"']+", re.IGNORECASE)
-_USERINFO_IN_URL = re.compile(r"(?<=//)[^/?#@\s\"']+@")
+# Up to the last "@" before the path: a password may hold "@", quotes or anything else but "/", "?", "#".
+_USERINFO_IN_URL = re.compile(r"(?<=//)[^/?#\s]+@")
 _DAY = 24 * 3600
 #: "more requests available in N seconds" with N up to this is waited out; beyond it the
 #: daily quota is spent and we stop with QuotaExhausted instead of sleeping for hours.

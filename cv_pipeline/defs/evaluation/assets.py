@@ -34,7 +34,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         pool="gpu",
         op_tags=GPU_STEP,
         group_name="evaluation",
-        code_version="4",  # 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
+        code_version="5",  # 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
         kinds={"pytorch", "markdown"},
         description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
         "of generated answers, and the report's three prompts side by side.",

@@ -2,6 +2,8 @@
 
 import json
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -119,20 +121,20 @@ class NewPartitionsToRead(_UnreadData):
         return read != current  # a new or changed partition, or one that was wiped
 
 
-_HISTORY = 100  # check records read per check, newest first: far more than the runs between two builds
+_PAGE, _PAGES = 10, 10  # check records read per page, newest first; one page nearly always decides
 
 
 def blocking_check_states(
     instance: dg.DagsterInstance, asset: dg.AssetKey, check_keys: list[dg.AssetCheckKey]
 ) -> dict[str, str]:
     """Each check's verdict on the asset as it is now (its latest materialisation): "passed", "failed" (a
-    failing result, or a check that crashed: planned in a finished run that gave no result) or "pending"
-    (not judged yet).
+    failing result, or a check whose step failed without one: it raised) or "pending" (not judged yet).
 
     Judged from each check's history, not only its latest record (which is what Dagster's own
     check_passed() reads): a later run that planned the checks but never materialised the asset (refused by
     its own gate, cancelled, still running) judged nothing, so the verdict before it still stands; a
-    checks-only run (*Execute checks*) judges what is there now.
+    checks-only run (*Execute checks*) judges what is there now, unless it was cancelled or never started
+    (Dagster plans checks when it creates a run).
     """
     from dagster._core.events import DagsterEventType
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
@@ -141,36 +143,51 @@ def blocking_check_states(
     if not found:
         return {key.name: "pending" for key in check_keys}
     latest = found[0]  # storage ids order events exactly (check records' timestamps are whole seconds)
-    runs: dict[str, tuple[bool, dict[str, int]]] = {}
+    runs: dict[str, tuple[bool, dict[str, tuple[int, str | None]], set[str | None]]] = {}
 
-    def planned(run_id: str) -> tuple[bool, dict[str, int]]:
-        """Whether the run planned to materialise the asset, and the storage id of each check it planned."""
+    def planned(run_id: str) -> tuple[bool, dict[str, tuple[int, str | None]], set[str | None]]:
+        """Whether the run planned to materialise the asset; the storage id and step of each check it planned;
+        the steps that failed in it."""
         if run_id not in runs:
-            kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
-            build, checks = False, {}
+            kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+                     DagsterEventType.STEP_FAILURE}
+            build, checks, failed_steps = False, {}, set()
             for record in instance.get_records_for_run(run_id, of_type=kinds).records:
                 event = record.event_log_entry.dagster_event
                 if event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
                     build = build or event.asset_key == asset
+                elif event.event_type == DagsterEventType.STEP_FAILURE:
+                    failed_steps.add(event.step_key)
                 else:
-                    checks[event.event_specific_data.asset_check_key.name] = record.storage_id
-            runs[run_id] = (build, checks)
+                    checks[event.event_specific_data.asset_check_key.name] = (record.storage_id, event.step_key)
+            runs[run_id] = (build, checks, failed_steps)
         return runs[run_id]
 
+    def history(key: dg.AssetCheckKey) -> Iterator[Any]:
+        cursor = None
+        for _ in range(_PAGES):
+            page = instance.event_log_storage.get_asset_check_execution_history(key, limit=_PAGE, cursor=cursor)
+            yield from page
+            if len(page) < _PAGE:
+                return
+            cursor = page[-1].id
+
     def verdict(key: dg.AssetCheckKey) -> str:
-        for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=_HISTORY):
+        for record in history(key):
             if record.status == Status.PLANNED:
                 run = instance.get_run_by_id(record.run_id)
                 if run is None:
                     continue
-                if record.run_id == latest.run_id:  # the run that made it: ended without a result, the check raised
-                    return "failed" if run.is_finished else "pending"
-                build, checks = planned(record.run_id)
-                if checks.get(key.name, 0) < latest.storage_id:  # planned for an older materialisation
+                build, checks, failed_steps = planned(record.run_id)
+                storage_id, step = checks.get(key.name, (0, None))
+                raised = run.is_finished and step in failed_steps  # its step failed without a result
+                if record.run_id == latest.run_id:  # the run that made it
+                    return "failed" if raised else "pending"
+                if storage_id < latest.storage_id:  # planned for an older materialisation
                     return "pending"
-                if build or not run.is_finished:  # a rebuild that did not land, or a run still going
-                    continue
-                return "failed"  # a checks-only run that ended without a result: the check raised on what is there
+                if raised and not build:  # a checks-only run whose check raised on what is there now
+                    return "failed"
+                continue  # a rebuild that did not land, a run still going, cancelled or never started
             evaluation = record.event.dagster_event.event_specific_data if record.event is not None else None
             target = getattr(evaluation, "target_materialization_data", None)
             if target is not None and target.storage_id == latest.storage_id:
@@ -194,6 +211,8 @@ class BlockingChecksPassed(dg.AutomationCondition):
         return "all_deps_blocking_checks_passed_on_disk"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        if context.candidate_subset.is_empty:  # Dagster evaluates every operand of an "&": skip the reads
+            return dg.AutomationResult(context, context.get_empty_subset())
         graph, instance = context.asset_graph, context.asset_graph_view.instance
         passed = True
         for dep in sorted(graph.get(context.key).parent_keys):
