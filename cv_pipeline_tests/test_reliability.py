@@ -427,7 +427,7 @@ def test_a_verdict_on_the_dataset_on_disk_survives_a_later_rebuild_refused_by_it
     # Dagster plans checks when it creates a run: a checks-only run cancelled before it started judged nothing
     job = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks_for_assets("chat_dataset"))
     job_def = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[job],
-                             resources=defs.resources).get_job_def("checks_only")
+                             resources=defs.resources).resolve_job_def("checks_only")
     instance.report_run_canceled(instance.create_run_for_job(job_def=job_def))
     assert set(checks.dataset_check_states(instance).values()) == {"passed"}
     assert retrain_requested()
