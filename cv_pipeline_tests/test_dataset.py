@@ -398,3 +398,33 @@ def test_a_partition_check_says_which_partition_it_judged(tmp_path):
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["cleaned_rows_complete"].passed and evaluations["cleaned_has_no_markup"].passed
     assert {e.metadata["partition"].value for e in evaluations.values()} == {"all"}
+
+
+def test_a_question_collected_in_two_partitions_is_kept_once_and_warns_of_a_moved_ranking(tmp_path):
+    """Offset paging over live scores: a question that moved across a partition boundary between two partitions'
+    collections can land in both (another may then have slipped past both). chat_dataset keeps one copy and says so."""
+    import logging
+
+    import dagster as dg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cv_pipeline.defs.curation.assets import build_chat_dataset_asset
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.profiles import get_profile
+
+    (tmp_path / "cleaned").mkdir()
+    first = [pair(q, 100 - q) for q in range(1, 30)]
+    second = [pair(29, 40), *(pair(q, 100 - q) for q in range(30, 60))]  # collected later: 29 lost votes, moved down
+    for key, rows in (("00000-04999", first), ("05000-09999", second)):
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / f"pairs_{key}.parquet")
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([build_chat_dataset_asset(get_profile("demo"))], instance=instance,
+                            resources={"data_dir": DataDirResource(path=str(tmp_path))})
+    [materialization] = result.get_asset_materialization_events()
+    assert materialization.materialization.metadata["split/duplicates_dropped"].value == 1
+    warnings = [e.user_message for e in instance.all_logs(result.run_id)
+                if e.level == logging.WARNING and "two partitions" in e.user_message]
+    assert len(warnings) == 1 and warnings[0].startswith("1 question(s) were collected in two partitions")
+    rows = [r for split in ("train", "validation", "test") for r in load_split(tmp_path / "chat_dataset", split)]
+    assert [r["question_score"] for r in rows if r["question_id"] == 29] == [71]  # the highest-voted copy

@@ -133,6 +133,12 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                 allow_retries=False,
             )
         save_chat_dataset(ds, out, source=f"{source}; partitions {', '.join(f.stem for f in files)}")
+        if ds.counts["duplicates_dropped"]:  # each partition is de-duplicated already: these are in two partitions
+            context.log.warning(
+                f"{ds.counts['duplicates_dropped']} question(s) were collected in two partitions (the highest-voted copy "
+                "is kept): the ranking moved between those partitions' collections, so other questions may have "
+                "slipped past both; collect the partitions together (as the weekly re-scrape does) to close the gap"
+            )
         best = sorted(ds.top, key=lambda r: (-r["question_score"], r["question_id"]))[:5]  # the top is in id order
         preview = [{"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]} for r in best]
         return dg.MaterializeResult(
