@@ -691,11 +691,18 @@ def test_a_checkpoint_whose_save_was_killed_is_skipped_and_removed(tmp_path, tor
         (dict(hparams=TrainingHyperparams(max_seq_length=10_000)), "exceeds the base model's context of 8192"),
         (dict(train=chats(0)), "train dataset is empty"),
         (dict(base="missing"), "base model not ready: .*does not exist"),
+        # a GPU machine where the step asked for the CPU: Unsloth would run its GPU code anyway
+        (dict(unsloth="cuda"), "set to 'cpu', but Unsloth found a cuda accelerator .*CUDA_VISIBLE_DEVICES"),
     ],
 )
-def test_training_errors_are_clear(base_dir, tmp_path, change, message):
+def test_training_errors_are_clear(base_dir, tmp_path, change, message, monkeypatch):
+    from cv_pipeline.training import trainer
     from cv_pipeline.training.trainer import TrainingError, train_adapter
 
+    if "unsloth" in change:
+        monkeypatch.setattr(trainer, "unsloth_device_type", lambda: change["unsloth"])
+    elif trainer.unsloth_device_type() != "cpu":
+        pytest.skip("Unsloth found a GPU here, so a run set to the CPU is refused before these checks")
     base = tmp_path / "missing" if change.get("base") else base_dir
     with pytest.raises(TrainingError, match=message):
         train_adapter(base, change.get("train", chats(2)), None, tmp_path / "out",

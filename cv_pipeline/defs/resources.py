@@ -141,7 +141,11 @@ class StackExchangeResource(dg.ConfigurableResource):
 class GPUResource(dg.ConfigurableResource):
     """Decides device, precision and memory limits for training and evaluation, and says what it found."""
 
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="'auto' takes CUDA when present, else the CPU.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="'auto' takes CUDA when present, else the CPU. 'cpu' on a machine with a GPU also needs the GPU "
+        "hidden from the step (CUDA_VISIBLE_DEVICES empty): Unsloth picks its GPU code when it sees one, and training refuses.",
+    )
     max_memory_gb: float | None = Field(
         None,
         description="Cap on the GPU memory this step's process may use (GB; CUDA only): an over-large batch then fails "

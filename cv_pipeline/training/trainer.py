@@ -14,6 +14,7 @@ from __future__ import annotations
 import unsloth  # noqa: F401  (isort: skip)
 from unsloth import FastLanguageModel  # isort: skip
 
+import gc
 import hashlib
 import json
 import resource
@@ -160,6 +161,13 @@ class _Progress(TrainerCallback):
             self.log(", ".join(parts))
 
 
+def unsloth_device_type() -> str:
+    """The backend Unsloth chose when it was imported: "cpu", or its accelerator's kind ("cuda", ...)."""
+    import unsloth
+
+    return str(getattr(unsloth, "DEVICE_TYPE", "cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def train_adapter(
     base_model_dir: Path,
     train_dataset: Dataset,
@@ -205,6 +213,15 @@ def train_adapter(
         say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
         return published
 
+    unsloth_device = unsloth_device_type()
+    if not device.is_cuda and unsloth_device != "cpu":
+        # Unsloth picks its backend once, when imported: with a GPU visible it runs its GPU code (model on the
+        # GPU, Triton kernels) whatever this run asked for, and a CPU run would fail at its first step.
+        raise TrainingError(
+            f"the device is set to 'cpu', but Unsloth found a {unsloth_device} accelerator when it was imported and "
+            "runs its GPU code: hide the GPU from this step (CUDA_VISIBLE_DEVICES= empty, or UNSLOTH_FORCE_CPU=1, "
+            "in its environment), or set the device to 'auto' to train on the GPU"
+        )
     torch.manual_seed(hparams.seed)
     mode = "4-bit QLoRA" if four_bit else "LoRA"
     say(f"loading {base.architecture} from {base_model_dir} on {device.device} ({mode})")
@@ -307,6 +324,12 @@ def train_adapter(
         }
         write_json(tmp / SUMMARY_FILE, summary)
     say(f"adapter written to {result.adapter_path} after {result.steps} steps ({result.tokens_per_s:.0f} tokens/s)")
+    # Unsloth's trainer holds references back to itself: free the model and optimizer state now, not whenever the
+    # garbage collector runs, for what this process does next (the other adapter, evaluation).
+    del trainer, model
+    gc.collect()
+    if device.is_cuda:
+        torch.cuda.empty_cache()
     return result
 
 
