@@ -161,13 +161,59 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
         _report(_run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
                      f"collect_and_clean [{key}]", verbose))
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
-    train = defs.resolve_job_def("train_and_evaluate")
-    _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose))
+    if _gpu_visible():
+        # Unsloth patches transformers for its whole process when imported, fully only when imported first, and
+        # only on a GPU: as in the UI (a process per step), training gets a fresh process and evaluation and export
+        # another one, with plain transformers + PEFT.
+        for stage in _train_stages(defs):
+            _run_in_fresh_process(p.name, ["materialize", ",".join(k.to_user_string() for k in stage)], verbose)
+    else:  # on the CPU Unsloth runs stock transformers and patches nothing: one run, in this process
+        train = defs.resolve_job_def("train_and_evaluate")
+        _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose))
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
     print(f"\nDone. Report: {report}\n         and: {report.with_suffix('.md')}")
     return report
+
+
+def _gpu_visible() -> bool:
+    """Whether Unsloth would take its GPU code in a new process here (it picks once, at import)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _train_stages(defs) -> list[list]:
+    """train_and_evaluate's assets in three groups, in order: what comes before the adapters (the dataset, the base
+    model), the adapters, and what reads them (evaluation, export)."""
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_job_def("train_and_evaluate")
+    keys = [k for k in graph.toposorted_asset_keys if k in job.asset_layer.selected_asset_keys]
+    adapters = [k for k in keys if k.to_user_string().startswith("lora_adapter_")]
+    after = [k for k in keys if k not in adapters and graph.get(k).parent_keys & set(adapters)]
+    before = [k for k in keys if k not in adapters and k not in after]
+    return [stage for stage in (before, adapters, after) if stage]
+
+
+def _run_in_fresh_process(profile: str, args: list[str], verbose: bool) -> None:
+    """`cv-pipeline --profile PROFILE ARGS` in a new Python process; its exit is this command's."""
+    command = [sys.executable, "-m", "cv_pipeline.cli", "--profile", profile, *args, *(["--verbose"] if verbose else [])]
+    child = subprocess.Popen(command)
+    try:
+        code = child.wait()
+    except BaseException:  # Ctrl-C reached the child too (one process group); `kill` of this process did not
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise SystemExit(f"cv-pipeline {' '.join(args)} failed (exit {code}; its output above says why)")
 
 
 def _resolve(select: str, graph) -> set:

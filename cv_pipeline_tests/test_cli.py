@@ -306,3 +306,45 @@ def test_dagster_home_copy_follows_the_projects_dagster_yaml(tmp_path, monkeypat
     (project / "dagster.yaml").write_text("run_queue:\n  max_concurrent_runs: 3\n")
     cli.dagster_home()
     assert (theirs / "dagster.yaml").read_text().endswith("max_concurrent_runs: 3\n")
+
+
+def test_on_a_gpu_the_demo_trains_and_evaluates_in_fresh_processes(tmp_path, monkeypatch):
+    """Unsloth patches transformers for its whole process, only on a GPU, and fully only when imported first: there
+    `cv-pipeline demo` runs train_and_evaluate as three fresh `cv-pipeline materialize` processes (what precedes
+    the adapters, the adapters, what reads them), which together cover the job. On the CPU it is one run here."""
+    import dagster as dg
+
+    from cv_pipeline import cli
+
+    monkeypatch.setenv("CV_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    ran: list[tuple[str, list[str]]] = []
+    in_process: list[str] = []
+    monkeypatch.setattr(cli, "_run", lambda execute, what, verbose: in_process.append(what))
+    monkeypatch.setattr(cli, "_report", lambda result: None)
+    monkeypatch.setattr(cli, "_run_in_fresh_process", lambda profile, args, verbose: ran.append((profile, args)))
+
+    monkeypatch.setattr(cli, "_gpu_visible", lambda: True)
+    cli.run_pipeline("demo")
+    assert in_process == ["collect_and_clean [00000-04999]", "collect_and_clean [05000-09999]"]
+    assert ran == [("demo", ["materialize", "base_model,chat_dataset"]),
+                   ("demo", ["materialize", "lora_adapter_all_pairs,lora_adapter_top_10k"]),
+                   ("demo", ["materialize", "adapter_evaluation,adapter_exports"])]
+    _, defs = cli._definitions("demo")
+    job = defs.resolve_job_def("train_and_evaluate").asset_layer.selected_asset_keys
+    assert {dg.AssetKey(name) for _, (_, select) in ran for name in select.split(",")} == set(job)
+
+    ran.clear(), in_process.clear()
+    monkeypatch.setattr(cli, "_gpu_visible", lambda: False)
+    cli.run_pipeline("demo")
+    assert ran == [] and in_process[-1] == "train_and_evaluate"
+
+
+def test_a_stage_run_in_a_fresh_process_ends_this_command_as_it_ended(tmp_path, monkeypatch):
+    from cv_pipeline import cli
+
+    monkeypatch.setenv("CV_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    cli._run_in_fresh_process("demo", ["list"], verbose=False)  # succeeds: returns
+    with pytest.raises(SystemExit, match=r"cv-pipeline materialize nosuch_asset failed \(exit 1;"):
+        cli._run_in_fresh_process("demo", ["materialize", "nosuch_asset"], verbose=False)
