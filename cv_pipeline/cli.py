@@ -187,11 +187,14 @@ def _gpu_visible() -> bool:
 def _train_stages(defs) -> list[list]:
     """train_and_evaluate's assets in three groups, in order: what comes before the adapters (the dataset, the base
     model), the adapters, and what reads them (evaluation, export)."""
+    import dagster as dg
+
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def("train_and_evaluate")
     keys = [k for k in graph.toposorted_asset_keys if k in job.asset_layer.selected_asset_keys]
     adapters = [k for k in keys if k.to_user_string().startswith("lora_adapter_")]
-    after = [k for k in keys if k not in adapters and graph.get(k).parent_keys & set(adapters)]
+    downstream = dg.AssetSelection.assets(*adapters).downstream().resolve(graph)  # direct or not
+    after = [k for k in keys if k not in adapters and k in downstream]
     before = [k for k in keys if k not in adapters and k not in after]
     return [stage for stage in (before, adapters, after) if stage]
 
@@ -199,17 +202,23 @@ def _train_stages(defs) -> list[list]:
 def _run_in_fresh_process(profile: str, args: list[str], verbose: bool) -> None:
     """`cv-pipeline --profile PROFILE ARGS` in a new Python process; its exit is this command's."""
     command = [sys.executable, "-m", "cv_pipeline.cli", "--profile", profile, *args, *(["--verbose"] if verbose else [])]
-    child = subprocess.Popen(command)
+    # Its own process group: a terminal's Ctrl-C reaches this process only, which passes the child exactly one
+    # interrupt (a second one, landing while the step turns the first into a failure that is not retried, could
+    # escape to Dagster, which would retry the step).
+    child = subprocess.Popen(command, process_group=0)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` of this process stops the child too
     try:
         code = child.wait()
-    except BaseException:  # Ctrl-C reached the child too (one process group); `kill` of this process did not
-        child.send_signal(signal.SIGTERM)
+    except BaseException:
+        child.send_signal(signal.SIGINT)
         try:
-            child.wait(timeout=60)
+            child.wait(timeout=300)  # a training step saves nothing more on an interrupt; this is ample
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:

@@ -348,3 +348,39 @@ def test_a_stage_run_in_a_fresh_process_ends_this_command_as_it_ended(tmp_path, 
     cli._run_in_fresh_process("demo", ["list"], verbose=False)  # succeeds: returns
     with pytest.raises(SystemExit, match=r"cv-pipeline materialize nosuch_asset failed \(exit 1;"):
         cli._run_in_fresh_process("demo", ["materialize", "nosuch_asset"], verbose=False)
+
+
+def test_ctrl_c_stops_a_stage_in_a_fresh_process_once_and_it_is_not_retried(tmp_path):
+    """The child runs in its own process group and gets exactly one interrupt from this process (a second one,
+    arriving while the step turns the first into a failure that is not retried, could make Dagster retry it)."""
+    import os
+    import signal
+    import time
+
+    log = tmp_path / "cli.log"
+    env = {**os.environ, "CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")}
+    script = (
+        "import sys\n"
+        "from cv_pipeline import cli\n"
+        "try:\n"
+        "    cli._run_in_fresh_process('demo', ['materialize', 'raw_question_batches'], verbose=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('parent interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+    )
+    with open(log, "w") as out:
+        parent = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while "STEP_START" not in log.read_text() and parent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "STEP_START" in log.read_text(), log.read_text()[-2000:]
+        os.kill(parent.pid, signal.SIGINT)  # as a terminal's Ctrl-C would reach it (the child is in its own group)
+        code = parent.wait(timeout=60)
+    finally:
+        parent.kill()
+    text = log.read_text()
+    assert code == 130 and "parent interrupted" in text, text[-2000:]
+    assert "interrupted (the run was stopped, or the process got SIGINT/SIGTERM), so not retried" in text
+    assert "STEP_UP_FOR_RETRY" not in text, text[-2000:]
+    assert not (tmp_path / "data" / "raw" / "questions_05000-09999.json").exists()  # nothing after it ran

@@ -143,8 +143,8 @@ class GPUResource(dg.ConfigurableResource):
 
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
-        description="'auto' takes CUDA when present, else the CPU. 'cpu' on a machine with a GPU also needs the GPU "
-        "hidden from the step (CUDA_VISIBLE_DEVICES empty): Unsloth picks its GPU code when it sees one, and training refuses.",
+        description="'auto' takes CUDA when present, else the CPU. To train on the CPU of a machine with a GPU, also hide "
+        "the GPU from the step (CUDA_VISIBLE_DEVICES empty): Unsloth picks its GPU code when it sees one, so training refuses.",
     )
     max_memory_gb: float | None = Field(
         None,
