@@ -493,3 +493,19 @@ def test_a_mix_of_503s_timeouts_and_drops_exhausts_the_budget_then_fails_clearly
 
 def leftovers_in(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith((".tmp", ".dirtmp"))]
+
+
+def test_a_plot_whose_save_fails_leaves_no_file_and_no_open_figure(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from cv_pipeline.plots import histograms
+
+    target = tmp_path / "lengths.png"
+    target.write_bytes(b"the previous plot")
+    monkeypatch.setattr(Figure, "savefig", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        histograms({"train": [1, 2, 3]}, target, "lengths", "tokens")
+    assert target.read_bytes() == b"the previous plot"
+    assert [p.name for p in tmp_path.iterdir()] == ["lengths.png"]
+    assert plt.get_fignums() == []
