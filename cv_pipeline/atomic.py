@@ -152,9 +152,29 @@ def _fsync_path(path: str, flags: int) -> None:
 
 
 def _restore_aside(old: Path, target: Path) -> None:
-    """Put the folder a swap moved aside back, if the new one never arrived."""
-    if old.is_dir() and not target.exists():
+    """Put the folder a swap moved aside back, if the new one never arrived: no ``target``, or an empty folder
+    in its place (one a reader's ``mkdir`` made meanwhile; a swap never publishes an empty folder here)."""
+    if not old.is_dir():
+        return
+    if target.is_dir() and not target.is_symlink():
+        try:
+            target.rmdir()  # only an empty one
+        except OSError:
+            return
+    if not os.path.lexists(target):
         os.replace(old, target)
+
+
+def settled_dir(target: Path | str) -> Path:
+    """``target`` as the last complete swap left it, for a reader: if a writer died between its two renames,
+    the old folder is put back first (under the writers' lock), so the reader neither finds nothing nor
+    creates an empty folder that would hide the old one."""
+    target = Path(target)
+    old = target.parent / f".{target.name}.old.dirtmp"
+    if old.is_dir():
+        with exclusive(target.parent / f".{target.name}.lock"):
+            _restore_aside(old, target)
+    return target
 
 
 @contextlib.contextmanager
@@ -163,17 +183,20 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 
     The old folder is moved aside to ``.<name>.old.dirtmp`` first and deleted only after the new
     one is in place. If the second rename fails, the old folder is moved back; if the process dies
-    between the two renames, the next writer finds no ``target`` beside an ``.old`` folder and
-    restores it before anything else. So ``target`` only ever holds the old complete folder or the
-    new one. Writers of the same target hold a lock, so a scheduled run and a manual one cannot
-    interleave their swaps or delete each other's work in progress.
+    between the two renames, the next writer (or reader, through ``settled_dir``) finds no ``target``,
+    or an empty folder, beside an ``.old`` folder and restores it before anything else. So ``target``
+    only ever holds the old complete folder or the new one. Writers of the same target hold a lock, so
+    a scheduled run and a manual one cannot interleave their swaps or delete each other's work in
+    progress.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.parent / f".{target.name}.old.dirtmp"
     with exclusive(target.parent / f".{target.name}.lock"):
         _restore_aside(old, target)  # a writer died mid-swap
-        for leftover in target.parent.glob(f".{target.name}.*.dirtmp"):
+        # What is left of killed writers: their temporary folders, and an old folder they had not deleted yet
+        # (the target beside it is the newer, complete one).
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.dirtmp"):
             shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
         try:
@@ -188,6 +211,11 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
                 _restore_aside(old, target)
                 raise
             _fsync_dir(target.parent)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                # Renamed before it is deleted: a deletion cut short must not leave a partial folder under
+                # the name a later writer restores from.
+                doomed = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

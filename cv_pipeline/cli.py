@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cv_pipeline.atomic import write_text
+from cv_pipeline.atomic import settled_dir, write_text
 from cv_pipeline.partitions import parse_partition_key
 from cv_pipeline.training.config import ADAPTER_SPECS
 
@@ -314,7 +314,7 @@ def ask(question: str, adapter: str | None, device: str, max_new_tokens: int) ->
     data = default_data_dir()
     adapter_dir = None
     if adapter and adapter != "base":
-        adapter_dir = data / "adapters" / adapter / "adapter"
+        adapter_dir = settled_dir(data / "adapters" / adapter / "adapter")
         if not adapter_dir.exists():
             raise SystemExit(f"no adapter {adapter!r} at {adapter_dir}: train it first (`cv-pipeline demo`, or "
                              f"`cv-pipeline materialize \"*lora_adapter_{adapter}\"`)")

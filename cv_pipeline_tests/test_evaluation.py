@@ -620,10 +620,32 @@ def test_report_escapes_html_and_requires_models(tmp_path: Path) -> None:
         "per_example": [{"model": "base", "rouge_l": 0.2, "embedding_cosine": 0.2},
                         {"model": "base", "rouge_l": 0.4, "embedding_cosine": 0.4}],
     }
-    files = write_report(results, tmp_path)
+    files = write_report(results, tmp_path / "report")
     page = files.report_html.read_text()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
     assert "Is &lt;b&gt; a tag?" in page
     assert "training_loss" not in files.plots
     with pytest.raises(ValueError, match="no models"):
         write_report({"models": {}}, tmp_path / "x")
+
+
+def test_a_report_that_fails_partway_leaves_the_previous_one_whole(tmp_path: Path, monkeypatch) -> None:
+    from cv_pipeline.evaluation import report
+
+    summary = metrics.summarize([0.2, 0.4])
+
+    def results(loss):
+        return {"base_model": "b", "config": {}, "prompts": [],
+                "models": {"base": {"loss": loss, "perplexity": math.exp(loss), "rouge_l": summary,
+                                    "embedding_cosine": summary, "n": 2}},
+                "per_example": [{"model": "base", "rouge_l": 0.2, "embedding_cosine": 0.2}]}
+
+    out = tmp_path / "evaluation"
+    first = report.write_report(results(1.0), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(report, "_html", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        report.write_report(results(9.0), out)  # metrics.json and report.md would be written by then
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads(first.metrics_json.read_text())["models"]["base"]["loss"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".evaluation.lock", "evaluation"]

@@ -285,6 +285,56 @@ def test_a_writer_killed_between_the_two_renames_loses_nothing(tmp_path):
     assert not aside.exists()
 
 
+
+def test_after_a_swap_killed_midway_readers_find_the_old_folder_and_an_empty_one_in_its_place_hides_nothing(tmp_path):
+    """The crash above, then a step that reads (or creates) the folder before any writer runs: it reads the old
+    dataset, and an empty folder that something made in its place does not stop the next writer restoring it."""
+    from cv_pipeline.atomic import atomic_dir
+    from cv_pipeline.defs.resources import DataDirResource
+
+    data_dir = DataDirResource(path=str(tmp_path))
+    aside = tmp_path / ".chat_dataset.old.dirtmp"
+    aside.mkdir()
+    (aside / "train.jsonl").write_text("old")
+    assert (data_dir.published("chat_dataset") / "train.jsonl").read_text() == "old"  # a reader restores it
+    assert not aside.exists()
+
+    aside.mkdir()  # the same crash again, and this time an empty folder appears in the target's place
+    (aside / "train.jsonl").write_text("older")
+    (tmp_path / "chat_dataset" / "train.jsonl").rename(tmp_path / "elsewhere")
+    assert not any((tmp_path / "chat_dataset").iterdir())
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        with atomic_dir(tmp_path / "chat_dataset"):
+            raise Abort
+    assert (tmp_path / "chat_dataset" / "train.jsonl").read_text() == "older"
+    assert not aside.exists()
+
+
+def test_a_swap_whose_cleanup_is_cut_short_leaves_nothing_a_later_writer_would_restore(tmp_path, monkeypatch):
+    import shutil
+
+    from cv_pipeline import atomic
+
+    target = tmp_path / "adapter"
+    rmtree = shutil.rmtree
+    for content in ("first", "second"):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "weights").write_text(content)
+        if content == "first":  # the next swap's deletion of the old folder stops before it starts
+            monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree)
+    assert not (tmp_path / ".adapter.old.dirtmp").exists()
+    (target / "weights").unlink()  # the new folder empty, as a reader's mkdir would leave it
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("third")
+    assert (target / "weights").read_text() == "third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.lock", "adapter"]
+
+
 def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_path):
     from cv_pipeline.defs.curation.checks import failed_dataset_checks
     from cv_pipeline.defs.project import build_definitions

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
+from cv_pipeline.atomic import settled_dir
 from cv_pipeline.sources.base import QuestionSource, SourceConfigError, SourceError
 
 # The secrets and the environment variables they come from (never from run config: see StackExchangeResource).
@@ -27,6 +28,11 @@ class DataDirResource(dg.ConfigurableResource):
         p = Path(self.path).joinpath(*parts)
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+    def published(self, *parts: str) -> Path:
+        """A folder that is replaced whole (the chat dataset, the evaluation report), as its last complete swap
+        left it; not created here: an empty folder made in its place would hide one a killed swap set aside."""
+        return settled_dir(Path(self.path).joinpath(*parts))
 
     def raw_batch_file(self, partition_key: str) -> Path:
         return self.sub("raw") / f"questions_{partition_key}.json"

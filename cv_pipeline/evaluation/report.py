@@ -183,22 +183,27 @@ def write_report(
     out_dir: Path | str,
     training_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> ReportFiles:
-    """Write every report file atomically into ``out_dir`` and return their paths and the table."""
+    """Write the report files into ``out_dir`` and return their paths and the table.
+
+    The folder is swapped in whole (``atomic_dir``): a run that fails partway leaves the previous report as it
+    was, never new metrics beside an old page.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not results.get("models"):
         raise ValueError("write_report: the results have no models; run evaluate_models first")
-    plots = {
-        "heldout_loss": _plot_loss(results, out / "heldout_loss.png"),
-        "rouge_l": _plot_distribution(results, "rouge_l", "ROUGE-L vs the top-voted answer", out / "rouge_l.png"),
-        "embedding_cosine": _plot_distribution(
-            results, "embedding_cosine", "Embedding cosine vs the top-voted answer", out / "embedding_cosine.png"
-        ),
-    }
-    if training_curves:
-        plots["training_loss"] = _plot_training(training_curves, out / "training_loss.png")
     table = markdown_table(results)
-    metrics_json = atomic.write_json(out / "metrics.json", dict(results))
-    report_md = atomic.write_text(out / "report.md", _markdown(results, table, plots))
-    report_html = atomic.write_text(out / "report.html", _html(results, plots))
-    return ReportFiles(metrics_json, report_md, report_html, plots, table)
+    with atomic.atomic_dir(out) as tmp:
+        plots = {
+            "heldout_loss": _plot_loss(results, tmp / "heldout_loss.png"),
+            "rouge_l": _plot_distribution(results, "rouge_l", "ROUGE-L vs the top-voted answer", tmp / "rouge_l.png"),
+            "embedding_cosine": _plot_distribution(
+                results, "embedding_cosine", "Embedding cosine vs the top-voted answer", tmp / "embedding_cosine.png"
+            ),
+        }
+        if training_curves:
+            plots["training_loss"] = _plot_training(training_curves, tmp / "training_loss.png")
+        atomic.write_json(tmp / "metrics.json", dict(results))
+        atomic.write_text(tmp / "report.md", _markdown(results, table, plots))
+        atomic.write_text(tmp / "report.html", _html(results, plots))
+    return ReportFiles(out / "metrics.json", out / "report.md", out / "report.html",
+                       {name: out / path.name for name, path in plots.items()}, table)

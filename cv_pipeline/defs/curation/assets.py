@@ -111,7 +111,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
                 "not cleaned yet; materialise cleaned_qa_pairs for them (and this asset again) to include them"
             )
         ds = build_chat_dataset(read_cleaned(files), top_n=config.top_n, fractions=SplitFractions(config.validation_fraction, config.test_fraction))
-        out = data_dir.sub("chat_dataset")
+        out = data_dir.published("chat_dataset")
         # The blocking checks' rules, on what was built, before it replaces the dataset on disk: a failing
         # rebuild leaves the last dataset that passed in place (and its data version, so nothing retrains).
         problems = {

@@ -119,7 +119,7 @@ def _code_block_pairs(data_dir: DataDirResource, rows: list[dict], raw: list[Pat
 
 
 def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
-    root = Path(data_dir.sub("chat_dataset"))
+    root = data_dir.published("chat_dataset")
     return {s: [json.loads(line) for line in (root / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in SPLITS}
 
 

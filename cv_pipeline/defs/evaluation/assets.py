@@ -44,14 +44,14 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
 
         device = gpu.info()
-        test_rows = load_split(data_dir.sub("chat_dataset"), "test").to_list()
-        adapter_dirs = {name: data_dir.sub("adapters", name) / "adapter" for name in ADAPTER_SPECS}
+        test_rows = load_split(data_dir.published("chat_dataset"), "test").to_list()
+        adapter_dirs = {name: data_dir.published("adapters", name, "adapter") for name in ADAPTER_SPECS}
         curves = {}
         for name, adapter_dir in adapter_dirs.items():
             summary = adapter_dir / "training_summary.json"
             if summary.exists():
                 curves[name] = json.loads(summary.read_text()).get("loss_history", [])
-        out_dir = data_dir.sub("evaluation")
+        out_dir = data_dir.published("evaluation")
         results = evaluate_models(
             data_dir.base_model_dir(), adapter_dirs, test_rows, REPORT_PROMPTS,
             EvalConfig(**config.model_dump()), out_dir, log=context.log, device=device.device, training_curves=curves,
@@ -70,7 +70,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
     @dg.asset_check(asset=adapter_evaluation, description="Each adapter's held-out loss is below the base model's.",
                     op_tags=CPU_STEP)
     def adapters_beat_base(data_dir: DataDirResource) -> dg.AssetCheckResult:
-        metrics = json.loads((data_dir.sub("evaluation") / "metrics.json").read_text())
+        metrics = json.loads((data_dir.published("evaluation") / "metrics.json").read_text())
         losses = {m: v["loss"] for m, v in metrics["models"].items()}
         worse = [m for m in losses if m != "base" and losses[m] >= losses["base"]]
         return dg.AssetCheckResult(passed=not worse, metadata={"losses": dg.MetadataValue.json(losses), "not_better": worse})
@@ -89,7 +89,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
 
         metadata = {}
         for name in ADAPTER_SPECS:
-            res = export_adapter(data_dir.base_model_dir(), data_dir.sub("adapters", name) / "adapter",
+            res = export_adapter(data_dir.base_model_dir(), data_dir.published("adapters", name, "adapter"),
                                  data_dir.sub("exports") / name, model_name=f"cv-{name.replace('_', '-')}")
             context.log.info(f"exported {name} to {res.out_dir}")
             metadata[f"{name}/path"] = dg.MetadataValue.path(str(res.out_dir))

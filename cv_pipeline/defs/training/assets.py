@@ -74,7 +74,7 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
             )
         device = gpu.info()
         context.log.info(f"device: {device}")
-        dataset_dir = data_dir.sub("chat_dataset")
+        dataset_dir = data_dir.published("chat_dataset")
         train = load_split(dataset_dir, "train" if spec.subset == "all" else "top_10k")
         hparams = TrainingHyperparams(
             learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, per_device_batch=config.per_device_batch, grad_accum=config.grad_accum,
