@@ -437,6 +437,49 @@ def test_key_and_token_reach_the_api_but_never_logs_reprs_or_errors(clock: FakeC
         assert KEY not in text and TOKEN not in text
 
 
+_ECHOED_URL = f"/2.3/questions?site=stats&key={KEY}&access_token={TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("method", "response", "quoted"),
+    [
+        ("questions", lambda: respond({"error_id": 400, "error_name": f"bad_parameter {_ECHOED_URL}", "error_message": "x"}, 400), True),
+        ("questions", lambda: respond({"error_id": f"E {_ECHOED_URL}", "error_name": "n", "error_message": "x"}, 400), True),
+        ("questions", lambda: respond(wrapper([question(1, question_id=f"not-int {_ECHOED_URL}")])), False),
+        ("questions", lambda: respond({}, 404, header=False, body=f"<html>Not found: {_ECHOED_URL}</html>".encode()), False),
+        ("questions", lambda: respond({}, 400, header=False, body=f'{{"error_id": 400, "error_message": "{_ECHOED_URL}'.encode()), False),
+        ("filters/create", lambda: respond({"error_id": 403, "error_name": f"access_denied {_ECHOED_URL}", "error_message": ""}, 403), True),
+    ],
+    ids=["error_name", "error_id", "item_field", "html_page", "cut_off_json", "filter_error_name"],
+)
+def test_what_a_server_echoes_back_never_carries_the_secrets_into_an_error(
+    clock: FakeClock, method: str, response, quoted: bool
+) -> None:
+    """A mirror, proxy or firewall may quote the request URL, key and token included, in any field of its answer;
+    errors end up in Dagster's event log and run storage. (An item's values and a body are not quoted at all.)"""
+    api = FakeAPI(n_questions=5)
+    api.script[method] += [response] * 10  # retried ones keep failing the same way
+    source = make_source(api, clock, key=KEY, access_token=TOKEN, max_retries=1)
+    with source, pytest.raises(SourceError) as err:
+        source.fetch_page(1)
+    assert ("key=***" in str(err.value)) is quoted
+    chain, todo = [], [err.value]  # everything a traceback printer or an error reporter could reach
+    while todo:
+        e = todo.pop()
+        chain.append(e)
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+    for text in [str(e) for e in chain] + [repr(e) for e in chain] + [str(getattr(e, "doc", "")) for e in chain]:
+        assert KEY not in text and TOKEN not in text
+
+
+def test_httpcore_debug_logs_are_redacted_too(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:
+    make_source(FakeAPI(1), clock).close()  # installs the filters
+    caplog.set_level(logging.DEBUG, logger="httpcore")
+    headers = [(b"Location", f"https://x.test{_ECHOED_URL}".encode())]
+    logging.getLogger("httpcore.http11").debug("receive_response_headers.complete return_value=%r", (b"HTTP/1.1", 302, headers))
+    assert KEY not in caplog.records[-1].getMessage() and "key=***" in caplog.records[-1].getMessage()
+
+
 def test_httpx_logger_redacts_secrets_in_any_url(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:
     make_source(FakeAPI(1), clock).close()  # installs the filter
     caplog.set_level(logging.INFO, logger="httpx")

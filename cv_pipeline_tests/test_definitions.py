@@ -112,7 +112,7 @@ def test_the_resource_an_asset_receives_never_prints_its_secrets(tmp_path, monke
     """Bound, the EnvVar becomes the value: printing or logging the resource must not show it."""
     monkeypatch.setenv("STACKEXCHANGE_KEY", "k3y-s3cret-value")
     monkeypatch.setenv("STACKEXCHANGE_ACCESS_TOKEN", "t0ken-s3cret-value")
-    monkeypatch.setenv("MIRROR_URL", "https://mirror-user:pa55-s3cret-value@mirror.example.test/2.3")
+    monkeypatch.setenv("MIRROR_URL", "https://mirror-user:pa55 s3cret-value@mirror.example.test/2.3")  # a space too
     seen: list[str] = []
 
     @dg.asset

@@ -76,10 +76,12 @@ class StackExchangeResource(dg.ConfigurableResource):
 
     def __repr_args__(self):  # type: ignore[override]
         # A user:password in api_base_url (from the environment) is shown without its userinfo, as the source does.
-        from cv_pipeline.sources.api import redact_url_secrets
+        from cv_pipeline.sources.api import _without_userinfo, redact_url_secrets
 
         for name, value in super().__repr_args__():
-            yield name, redact_url_secrets(value) if name == "api_base_url" and isinstance(value, str) else value
+            if name == "api_base_url" and isinstance(value, str):
+                value = redact_url_secrets(_without_userinfo(value))  # parsed: a password may hold anything
+            yield name, value
 
     @contextlib.contextmanager
     def open(self, work_dir: Path | None = None) -> Iterator[QuestionSource]:

@@ -8,6 +8,7 @@ never carries them.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import json
@@ -15,12 +16,13 @@ import logging
 import random
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import ValidationError
 
 from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceConfigError, SourceError, TransientSourceError
 from cv_pipeline.sources.models import RawAnswer, RawQuestion, SourcePage, pick_top_answer
@@ -92,7 +94,7 @@ def _without_userinfo(url: str) -> str:
 
 
 class _RedactSecretsFilter(logging.Filter):
-    """Last line of defence on the ``httpx`` logger, which logs every request URL at INFO."""
+    """Last line of defence on the HTTP loggers: httpx logs every request URL at INFO."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -102,10 +104,16 @@ class _RedactSecretsFilter(logging.Filter):
         return True
 
 
+# A filter applies only to records logged on its own logger, not to those its children pass up: httpcore logs
+# (at DEBUG) on these, response headers included, where a redirect's Location repeats the query string.
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
+
+
 def _install_httpx_log_filter() -> None:
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactSecretsFilter) for f in httpx_logger.filters):
-        httpx_logger.addFilter(_RedactSecretsFilter())
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactSecretsFilter) for f in logger.filters):
+            logger.addFilter(_RedactSecretsFilter())
 
 
 def proxy_for(url: str) -> str | None:
@@ -182,7 +190,11 @@ def _decode_body(content: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Unreadable(f"body is not valid JSON ({exc.__class__.__name__} at byte {getattr(exc, 'pos', '?')})") from None
+        problem = f"body is not valid JSON ({exc.__class__.__name__} at byte {getattr(exc, 'pos', '?')})"
+    else:
+        problem = ""
+    if problem:  # raised out here: the JSON error holds the whole body, which may quote the request URL
+        raise _Unreadable(problem)
     if not isinstance(payload, dict):
         raise _Unreadable(f"body is JSON {type(payload).__name__}, not the API's wrapper object")
     return payload
@@ -258,6 +270,13 @@ def question_from_api_item(item: dict[str, Any], rank: int, *, keep_all_answers:
         top_answer=pick_top_answer(answers),
         answers=answers if keep_all_answers else [],
     )
+
+
+def _field_problem(exc: Exception) -> str:
+    """What is wrong with an item, without echoing its values (a validation error repeats the input)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors())
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _utc(epoch: float) -> str:
@@ -349,7 +368,23 @@ class StackExchangeAPISource(QuestionSource):
     def close(self) -> None:
         self._client.close()
 
+    @contextlib.contextmanager
+    def _errors_redacted(self) -> Iterator[None]:
+        """Every error leaving the client without the secrets, whatever the server echoed into it (an error_name,
+        an item, a page quoting the request URL): exceptions end up in Dagster's event log and run storage."""
+        try:
+            yield
+        except SourceError as exc:
+            exc.args = tuple(self._redact(a) if isinstance(a, str) else a for a in exc.args)
+            if exc.__suppress_context__:
+                exc.__context__ = None  # a suppressed JSON error still holds the whole body it failed on
+            raise
+
     def fetch_page(self, page: int) -> SourcePage:
+        with self._errors_redacted():
+            return self._fetch_page(page)
+
+    def _fetch_page(self, page: int) -> SourcePage:
         if page < 1:
             raise ValueError(f"page={page}: pages are numbered from 1")
         before = self.requests
@@ -373,7 +408,7 @@ class StackExchangeAPISource(QuestionSource):
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise SourceError(
-                f"GET /questions page {page}: an item lacks a required field ({exc.__class__.__name__}: {exc}); "
+                f"GET /questions page {page}: an item lacks a required field ({_field_problem(exc)}); "
                 "the filter must include question_id, link and answer_id"
             ) from None
         result = SourcePage(
@@ -396,6 +431,10 @@ class StackExchangeAPISource(QuestionSource):
     # -- the filter -----------------------------------------------------------------------------
     def filter_id(self) -> str:
         """The custom filter's id, created on first use and cached on this client."""
+        with self._errors_redacted():
+            return self._filter_id()
+
+    def _filter_id(self) -> str:
         if self._filter is None:
             payload = self._get(
                 "filters/create",
