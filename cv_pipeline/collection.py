@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from cv_pipeline.atomic import write_json
 from cv_pipeline.partitions import RankRange
-from cv_pipeline.sources.base import QuestionSource, QuotaExhausted
+from cv_pipeline.sources.base import QuestionSource, QuotaExhausted, SourceError
 from cv_pipeline.sources.models import BatchStats, RawBatch, RawQuestion, SourcePage
 
 _log = logging.getLogger("cv_pipeline.collection")
@@ -160,6 +160,15 @@ def collect_batch(
         # Only deterministic numbers go in the file; the rest is in the sidecar.
         stats=BatchStats(pages=stats.pages),
     )
+    if not questions:
+        try:
+            _refuse_to_empty(out_file, rank_range, source)
+        except SourceError:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # its empty pages must not be resumed next time
+            raise
+    # The old sidecar goes first: a failure between the two writes leaves the batch without run statistics,
+    # never beside another run's.
+    stats_path(out_file).unlink(missing_ok=True)
     write_json(out_file, batch.model_dump(mode="json"))
     write_json(stats_path(out_file), stats.model_dump(mode="json"))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -172,6 +181,21 @@ def collect_batch(
         rank_range.key, len(questions), batch.answer_count, stats.pages, stats.pages_resumed, stats.requests,
     )
     return batch.model_copy(update={"stats": stats})
+
+
+def _refuse_to_empty(out_file: Path, rank_range: RankRange, source: QuestionSource) -> None:
+    """An empty answer does not replace a batch that holds questions: a wrong site, filter or mirror, or a
+    server having a bad day, would otherwise wipe a partition (and, through automation, what follows it)."""
+    try:
+        held = len(load_batch(out_file).questions) if out_file.is_file() else 0
+    except ValueError:  # not a batch: nothing worth keeping
+        held = 0
+    if held:
+        raise SourceError(
+            f"partition {rank_range.key}: {source.describe()} returned no questions for ranks {rank_range.start}-"
+            f"{rank_range.stop - 1}, but {out_file} holds {held}; it was kept. Check the source settings (site, "
+            "base URL, dump); if the site really has no questions there now, delete that file and materialise again"
+        )
 
 
 def load_batch(path: Path) -> RawBatch:

@@ -188,6 +188,39 @@ def test_failure_keeps_the_older_file_and_leaves_no_partial_one(tmp_path: Path) 
     assert sorted(p.name for p in out.parent.iterdir()) == ["00000-00049.json", "00000-00049.stats.json"]
 
 
+def test_an_empty_answer_does_not_replace_a_batch_that_holds_questions(tmp_path: Path) -> None:
+    run(ListSource(200), tmp_path)
+    out = tmp_path / "raw" / "00000-00049.json"
+    before = out.read_bytes()
+    with pytest.raises(SourceError, match=r"returned no questions for ranks 0-49, but .*00000-00049.json holds 50; it was kept"):
+        run(ListSource(0), tmp_path)  # e.g. a wrong site or filter: a valid, empty ranking
+    assert out.read_bytes() == before
+    assert not (tmp_path / "checkpoints" / "00000-00049.json").exists()  # its empty pages are not resumed
+    out.unlink()  # what the message says to do when the site really has none there now
+    assert run(ListSource(0), tmp_path).questions == []
+    assert run(ListSource(0), tmp_path).questions == []  # an empty batch may replace an empty one
+
+
+def test_a_failure_between_the_batch_and_its_statistics_leaves_no_stale_statistics(tmp_path: Path, monkeypatch) -> None:
+    import cv_pipeline.collection as collection
+
+    run(ListSource(200, page_size=25), tmp_path)
+    out = tmp_path / "raw" / "00000-00049.json"
+    assert load_batch(out).stats.pages == 2
+    real_write_json = collection.write_json
+
+    def failing_second_write(path, obj):
+        if path.name.endswith(".stats.json"):
+            raise OSError("disk full")
+        return real_write_json(path, obj)
+
+    monkeypatch.setattr(collection, "write_json", failing_second_write)
+    with pytest.raises(OSError, match="disk full"):
+        run(ListSource(200, page_size=10), tmp_path)
+    batch = load_batch(out)
+    assert batch.stats.pages == 5 and batch.stats.requests == 0  # the file's own numbers, no other run's
+
+
 def test_failure_with_no_earlier_file_leaves_none(tmp_path: Path) -> None:
     failing = ListSource(300)
     failing.fail_at[1] = SourceError("bad site")
