@@ -35,3 +35,15 @@ def keep_sigterm_disposition():
     yield
     if signal.getsignal(signal.SIGTERM) is not before and before is not None:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.fixture(autouse=True)
+def keep_environment():
+    """Put os.environ back as it was after every test: the command line sets DAGSTER_HOME and
+    CV_PIPELINE_PROFILE for its own process, so an in-process `cli` call would leave them to later tests and
+    every child process they start (monkeypatch only restores what it was told about)."""
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)

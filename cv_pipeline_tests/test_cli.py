@@ -136,19 +136,34 @@ def test_an_interrupt_stops_the_whole_run_not_only_its_step(tmp_path):
     from cv_pipeline import cli
     from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 
+    training = threading.Event()
+
     @dg.asset
     def a_training(context):  # no annotations: this module has `from __future__ import annotations`
         with stop_when_interrupted(context, "its checkpoints are kept"):
+            training.set()
             time.sleep(30)
 
     @dg.asset
     def b_training():
         (tmp_path / "b_ran").touch()
 
-    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(SystemExit) as stop:
-        cli._run(lambda **kw: dg.materialize([a_training, b_training], instance=dg.DagsterInstance.ephemeral(),
-                                             tags=cli._cli_tags(), **kw), "train", verbose=False)
+    finished = threading.Event()
+
+    def press_ctrl_c():  # once the step is in its body: a SIGINT before the run started would stop pytest itself
+        if training.wait(120) and not finished.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli._run(lambda **kw: dg.materialize([a_training, b_training], instance=dg.DagsterInstance.ephemeral(),
+                                                 tags=cli._cli_tags(), **kw), "train", verbose=False)
+    finally:  # a run that failed before the step: the presser must not fire into the next test
+        finished.set()
+        training.set()
+        presser.join()
     assert "train failed" in str(stop.value) and "interrupted" in str(stop.value) and "its checkpoints are kept" in str(stop.value)
     assert not (tmp_path / "b_ran").exists()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 
 import pytest
 
@@ -47,6 +49,24 @@ def test_split_is_stable_when_partitions_are_added():
 def test_split_of_is_deterministic_and_valid(qid):
     assert split_of(qid) == split_of(qid)
     assert split_of(qid) in {"train", "validation", "test"}
+
+
+def test_split_of_is_the_same_in_every_process():
+    """A pair's split must not depend on the process (Python's str hash is salted per process): another process,
+    with another hash seed, puts every id where this one does."""
+    import subprocess
+    import sys
+
+    ids = list(range(1, 400))
+    code = f"from cv_pipeline.curation.dataset import split_of; print([split_of(q) for q in {ids!r}])"
+    other = {}
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        other[seed] = ast.literal_eval(out.strip())
+    here = [split_of(q) for q in ids]
+    assert other["1"] == other["2"] == here
+    assert {"train", "validation", "test"} == set(here)  # the ids reach every split: a real comparison
 
 
 def test_all_test_fraction_puts_everything_in_test():

@@ -363,12 +363,14 @@ def test_embedder_unit_vectors_and_similarity() -> None:
 
     emb = Embedder()
     vecs = emb.encode(["The mean of a normal distribution.", "The mean of a normal distribution.",
-                       "Gradient descent updates weights.", "My cat likes fish."])
-    assert vecs.shape == (4, 384)
-    assert np.linalg.norm(vecs, axis=1) == pytest.approx(np.ones(4), abs=1e-5)
+                       "Gradient descent updates weights.", "My cat likes fish.", "The average of a Gaussian distribution."])
+    assert vecs.shape == (5, 384)
+    assert np.linalg.norm(vecs, axis=1) == pytest.approx(np.ones(5), abs=1e-5)
     assert float(vecs[0] @ vecs[1]) == pytest.approx(1.0, abs=1e-5)
-    assert float(vecs[0] @ vecs[2]) > float(vecs[0] @ vecs[3]) - 0.5  # sanity: finite, comparable
-    assert float(vecs[0] @ vecs[3]) < 0.9
+    # The embeddings mean something: a paraphrase in other words scores well above unrelated sentences
+    # (all-MiniLM-L6-v2: about 0.72 against about 0.0 and 0.06).
+    paraphrase, unrelated = float(vecs[0] @ vecs[4]), max(float(vecs[0] @ vecs[2]), float(vecs[0] @ vecs[3]))
+    assert paraphrase > 0.5 and paraphrase > unrelated + 0.3
 
 
 def test_embedder_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -507,7 +509,8 @@ def test_a_reader_that_stops_stops_the_generation(smol_base: Path, smol_adapter:
     stream = stream_answer(question, smol_base, smol_adapter, device="cpu", max_new_tokens=300)
     assert next(stream) == full[0]
     stream.close()  # what Ctrl-C does to the generator in `ask`
-    assert sum(tokens[1:]) <= 5
+    # Generation stopped soon after (how soon depends on thread scheduling), far short of the 300 it could write.
+    assert sum(tokens[1:]) < 50
 
 
 def test_stream_answer_rejects_empty_question(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -130,17 +131,47 @@ WRITER_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kill_after_s", [0.3, 0.9, 1.7])
-def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, kill_after_s):
+def _kill_while_writing(target: Path, after_a_publish: bool) -> bool:
+    """Start WRITER_SCRIPT on ``target`` and SIGKILL it while it fills a temporary file (after its first rename,
+    if ``after_a_publish``); whether the kill landed before that file's rename."""
+    old_inode = target.stat().st_ino
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(target), "7"])
+    writing: list[Path] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not writing and time.monotonic() < deadline:
+            time.sleep(0.002)
+            if after_a_publish and target.stat().st_ino == old_inode:
+                continue
+            for tmp in target.parent.glob(f".{target.name}.*.parquet.tmp"):
+                with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                    if tmp.stat().st_size > 0:
+                        writing.append(tmp)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert writing, "the writer never got to the moment"
+    return any(tmp.exists() for tmp in writing)
+
+
+@pytest.mark.parametrize("after_a_publish", [False, True], ids=["during_the_first_write", "during_a_rewrite"])
+def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_file(tmp_path, after_a_publish):
+    """SIGKILL while the writer's temporary file is being filled (seen on disk, not yet renamed): the target is
+    the previous complete file, the old one or the writer's own earlier output, and parses."""
     target = tmp_path / "pairs.parquet"
     old = [{"question_id": -1, "text": "old good version"}]
-    pq.write_table(pa.Table.from_pylist(old), target)
-    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(target), "7"])
-    time.sleep(kill_after_s)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    for _attempt in range(5):  # a kill that came just after the rename proves nothing: try again
+        pq.write_table(pa.Table.from_pylist(old), target)
+        if _kill_while_writing(target, after_a_publish):
+            break
+    else:
+        pytest.fail("five kills in a row came after the rename")
     table = pq.read_table(target).to_pylist()  # must parse: never a torn file
-    assert table == old or (len(table) == 200_000 and table[-1]["text"].endswith("7"))
+    if after_a_publish:
+        assert len(table) == 200_000 and table[-1]["text"].endswith("7")
+    else:
+        assert table == old
     # the temporary file a killed writer leaves is hidden and never mistaken for output
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["pairs.parquet"]
 

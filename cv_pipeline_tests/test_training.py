@@ -395,12 +395,11 @@ def test_missing_folder_and_unreachable_hub_say_how_to_fix(tmp_path, monkeypatch
         validate_model_dir(tmp_path / "nope")
     with pytest.raises(BaseModelError, match="neither 'embedded', an existing folder, nor a hub id"):
         prepare_base_model(str(tmp_path / "nope"), tmp_path / "out")
-    import huggingface_hub
+    import huggingface_hub.constants
 
-    def offline(*args, **kwargs):
-        raise OSError("Cannot reach the hub: offline mode is enabled")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    # The hub client's real offline mode (what HF_HUB_OFFLINE=1 sets at import): it fails as an unreachable hub does.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))  # nothing cached
     with pytest.raises(BaseModelError, match="set the profile's base model to that folder path"):
         prepare_base_model("unsloth/Llama-3.2-3B-Instruct", tmp_path / "hub")
     assert not (tmp_path / "hub").exists()
@@ -633,9 +632,7 @@ def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(ba
     assert kept.adapter_path == elsewhere / "adapter" and any("already holds" in line for line in lines)
 
 
-@pytest.mark.slow
-@needs_embedded
-def test_changed_settings_do_not_resume_stale_checkpoints(base_dir, tmp_path):
+def test_changed_settings_do_not_resume_stale_checkpoints(tmp_path):
     from cv_pipeline.training.trainer import _resume_point
 
     ckpt = tmp_path / "checkpoints"
