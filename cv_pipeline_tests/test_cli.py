@@ -234,6 +234,54 @@ def test_ui_started_from_another_folder_uses_the_data_folder_of_that_folder(tmp_
     assert seen["data"] == str(tmp_path / "mydata") and seen["home"] == str(tmp_path / ".dagster_home")
 
 
+def test_cv_pipeline_ui_serves_the_project_with_its_daemon(tmp_path):
+    """The real `cv-pipeline ui` (dagster dev), started from another folder: the webserver answers on the port
+    given, the code location loads with every asset, the daemon reports in, and the instance lives in that folder."""
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from cv_pipeline_tests.dagster_server import BIN, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CV_PIPELINE_PROFILE")}
+    env["CV_PIPELINE_DATA_DIR"] = "mydata"
+    log = open(tmp_path / "ui.log", "wb")
+    proc = subprocess.Popen([str(BIN / "cv-pipeline"), "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def gql(query: str) -> dict:
+        r = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    assets, daemons = [], []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not (assets and "SCHEDULER" in daemons):
+            time.sleep(2)
+            try:
+                assets = [n["assetKey"]["path"][-1] for n in gql("{ assetNodes { assetKey { path } } }")["assetNodes"]]
+                health = gql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }")
+                daemons = [d["daemonType"] for d in health["instance"]["daemonHealth"]["allDaemonStatuses"] if d["healthy"]]
+            except (httpx.HTTPError, KeyError, TypeError):
+                continue
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # dagster dev stops the webserver and the daemon it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    output = (tmp_path / "ui.log").read_text(errors="replace")[-3000:]
+    assert {"raw_question_batches", "chat_dataset", "lora_adapter_top_10k", "adapter_exports"} <= set(assets), output
+    assert "SCHEDULER" in daemons and "SENSOR" in daemons, (daemons, output)
+    assert (tmp_path / ".dagster_home" / "dagster.yaml").is_file()  # the instance of the folder it started in
+
+
 def test_partition_for_a_selection_without_partitioned_assets_says_to_drop_it(tmp_path):
     proc = run_cli("materialize", "chat_dataset", "--partition", "00000-04999",
                    env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")})
