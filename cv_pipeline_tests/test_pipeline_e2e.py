@@ -101,22 +101,28 @@ def test_retraining_with_other_settings_marks_evaluation_and_exports_stale(pipel
     assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
 
 
-def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pipeline):
-    defs, instance, *_ = pipeline
+def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pipeline, monkeypatch):
+    from cv_pipeline.curation import cleaner
+
+    defs, instance, data, *_ = pipeline
     assets = list(defs.resolve_asset_graph().assets_defs)
     fresh = get_stale_status_resolver(instance, assets)
     assert fresh.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == StaleStatus.FRESH
+    assert fresh.get_status(dg.AssetKey("chat_dataset")) == StaleStatus.FRESH
     assert fresh.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
 
-    bumped = [
-        a.map_asset_specs(lambda s: s.replace_attributes(code_version="cleaning-rules-changed"))
-        if dg.AssetKey("cleaned_qa_pairs") in a.keys else a
-        for a in assets
-    ]
+    # the definitions as a new version of the cleaning rules makes them
+    monkeypatch.setattr(cleaner, "CLEANER_VERSION", "cleaning-rules-changed")
+    profile = get_profile("demo").model_copy(update={"sample_site_questions": 400})
+    bumped = list(build_definitions(profile, data_dir=data).resolve_asset_graph().assets_defs)
     stale = get_stale_status_resolver(instance, bumped)
     assert stale.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == StaleStatus.STALE
     causes = stale.get_stale_root_causes(dg.AssetKey("cleaned_qa_pairs"), PARTITION)
     assert any("code version" in c.reason for c in causes)
+    # the dataset (an unpartitioned node, so the graph shows it) too; the adapters only once the data differs
+    assert stale.get_status(dg.AssetKey("chat_dataset")) == StaleStatus.STALE
+    assert any("code version" in c.reason for c in stale.get_stale_causes(dg.AssetKey("chat_dataset")))
+    assert stale.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
     # raw batches are upstream of the change and stay fresh
     assert stale.get_status(dg.AssetKey("raw_question_batches"), PARTITION) == StaleStatus.FRESH
 
@@ -133,6 +139,12 @@ def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipe
     dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": {"config": {"top_n": 50}}}})
     resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
     assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.STALE
+
+    # and the data the adapter was trained on, rebuilt, makes it fresh again (which also leaves this module's
+    # shared pipeline as the other tests expect it, whatever their order)
+    dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": TINY["ops"]["chat_dataset"]}})
+    resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
+    assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
 
 
 def test_the_ask_command_streams_an_answer_from_a_trained_adapter(pipeline, monkeypatch, capsys, tmp_path):

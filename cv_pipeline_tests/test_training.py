@@ -316,29 +316,48 @@ def test_the_fingerprint_over_each_base_hash_is_the_one_computed_alone():
     assert _fingerprint(["new"], chats.select(range(2499)), hp, LoraHyperparams(), False)[0] != both[0]
 
 
-def test_the_fingerprint_tells_the_three_precisions_apart_and_keeps_the_recorded_forms():
-    """fp32 on the CPU, 16-bit and 4-bit on CUDA are different runs; CPU and 4-bit runs keep the fingerprint
-    earlier versions wrote (their checkpoints and adapters stay valid), computed here as they computed it."""
+def test_new_training_code_neither_keeps_nor_resumes_what_the_old_code_trained(monkeypatch):
+    """TRAINING_VERSION is in the run fingerprint, which decides both whether a published adapter is kept as
+    this run's and whether checkpoints resume; and it is the adapters' code version, so Dagster shows them unsynced."""
+    from datasets import Dataset
+
+    from cv_pipeline.defs.training import assets as training_assets
+    from cv_pipeline.training import config, trainer
+
+    chats = Dataset.from_list([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    now = trainer._fingerprint(["base"], chats, TrainingHyperparams(), LoraHyperparams(), False)
+    monkeypatch.setattr(trainer, "TRAINING_VERSION", "next")
+    assert trainer._fingerprint(["base"], chats, TrainingHyperparams(), LoraHyperparams(), False) != now
+    assert training_assets.TRAINING_CODE_VERSION == config.TRAINING_VERSION
+
+
+def test_the_fingerprint_tells_the_three_precisions_apart_and_training_versions_too():
+    """fp32 on the CPU, 16-bit and 4-bit on CUDA are different runs, and so are runs of two training versions:
+    what version 1 recorded (before TRAINING_VERSION was in the fingerprint) is neither kept nor resumed."""
     import hashlib
 
     from datasets import Dataset
 
+    from cv_pipeline.training.config import TRAINING_VERSION
     from cv_pipeline.training.trainer import _fingerprint
 
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
     chats, hp, lora = Dataset.from_list(rows), TrainingHyperparams(), LoraHyperparams()
 
-    def recorded_form(four_bit: bool) -> str:
+    def recorded_form(four_bit: bool, version: str | None) -> str:
         h = hashlib.sha256(b"base")
-        h.update(json.dumps([hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}], sort_keys=True).encode())
+        settings = [hp.resume_key(), lora.model_dump(), {"four_bit": four_bit}]
+        settings += [{"training_version": version}] if version else []  # version 1 recorded none
+        h.update(json.dumps(settings, sort_keys=True).encode())
         h.update(json.dumps([rows[0]["messages"]], sort_keys=True).encode())  # one batch of chats
         return h.hexdigest()
 
     cpu = _fingerprint(["base"], chats, hp, lora, four_bit=False, cuda=False)[0]
     qlora = _fingerprint(["base"], chats, hp, lora, four_bit=True, cuda=True)[0]
     lora16 = _fingerprint(["base"], chats, hp, lora, four_bit=False, cuda=True)[0]
-    assert (cpu, qlora) == (recorded_form(False), recorded_form(True))
+    assert (cpu, qlora) == (recorded_form(False, TRAINING_VERSION), recorded_form(True, TRAINING_VERSION))
     assert len({cpu, qlora, lora16}) == 3
+    assert TRAINING_VERSION != "1" and {cpu, qlora}.isdisjoint({recorded_form(False, None), recorded_form(True, None)})
 
 
 def test_the_base_model_asset_points_every_later_step_at_the_model_it_prepared(tmp_path, monkeypatch):

@@ -13,6 +13,12 @@ from pydantic import BaseModel, Field
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+# Bump on any change to what training learns from the same chats and settings (labels, masking, formatting):
+# Dagster then shows the adapters as unsynced, and a re-run trains afresh instead of keeping the adapter or
+# resuming checkpoints the older code wrote (the version is part of the trainer's run fingerprint).
+# 2: each answer is learnt up to its end-of-turn marker, not only up to EOS.
+TRAINING_VERSION = "2"
+
 
 class LoraHyperparams(BaseModel):
     """Shape of the LoRA adapter that is trained on top of the frozen base model."""

@@ -33,8 +33,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from cv_pipeline.atomic import atomic_dir, settled_dir, write_json
-from cv_pipeline.training.base_model import legacy_content_hash, validate_model_dir
-from cv_pipeline.training.config import LoraHyperparams, TrainingHyperparams
+from cv_pipeline.training.base_model import validate_model_dir
+from cv_pipeline.training.config import TRAINING_VERSION, LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
 from cv_pipeline.training.turns import turn_end_ids
 
@@ -201,14 +201,12 @@ def train_adapter(
         raise TrainingError("the train dataset is empty: check the chat_dataset split and the subset selection")
 
     four_bit = device.is_cuda and device.four_bit_available
-    # The same run as recorded by a version that hashed the base model by its first and last MiB only
-    # (legacy_content_hash) is this run: its checkpoints resume and its adapter is kept.
-    fingerprint, earlier = _fingerprint(
-        [base.content_hash, legacy_content_hash(base.path)], train_dataset, hparams, lora, four_bit, device.is_cuda
-    )
+    # (Runs recorded when the base model was hashed by its first and last MiB only are of training version 1:
+    # they neither resume nor are kept, see TRAINING_VERSION.)
+    [fingerprint] = _fingerprint([base.content_hash], train_dataset, hparams, lora, four_bit, device.is_cuda)
     # A second run with the same settings and data: the adapter this run already published (and its
     # measurements) stays as it is, whether or not its checkpoints are still there; nothing is loaded.
-    published = _published_result(settled_dir(out_dir / "adapter"), fingerprint, also=earlier)
+    published = _published_result(settled_dir(out_dir / "adapter"), fingerprint)
     if published is not None:
         say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
         return published
@@ -251,7 +249,7 @@ def train_adapter(
         say(f"dropped {dropped} train chats whose prompt alone fills max_seq_length={hparams.max_seq_length}")
 
     ckpt_dir = out_dir / "checkpoints"
-    resume = _resume_point(ckpt_dir, fingerprint, say, also=earlier)
+    resume = _resume_point(ckpt_dir, fingerprint, say)
     # Packing needs attention that respects document boundaries inside one row (varlen flash
     # attention); the CPU path has none, so packed chats would attend to each other there.
     packing = hparams.packing and device.is_cuda
@@ -403,16 +401,16 @@ def _fingerprint(
     base_hashes: list[str], train: Dataset, hp: TrainingHyperparams, lora: LoraHyperparams, four_bit: bool,
     cuda: bool = False,
 ) -> list[str]:
-    """What must match for a checkpoint to be resumable: base model and its precision, chats, and every
-    setting that changes what is learnt (``TrainingHyperparams.resume_key``); one fingerprint per base hash
-    given, reading the chats once.
+    """What must match for a checkpoint to be resumable: the training code's version, base model and its
+    precision, chats, and every setting that changes what is learnt (``TrainingHyperparams.resume_key``); one
+    fingerprint per base hash given, reading the chats once.
 
     Precision: 4-bit QLoRA on CUDA, 16-bit LoRA on CUDA, or fp32 LoRA on the CPU (where packing is also
-    off whatever ``packing`` says). The first and the last keep the form earlier versions recorded, so their
-    runs still resume; 16-bit CUDA runs, which earlier versions could not tell from CPU runs, get their own."""
+    off whatever ``packing`` says); 16-bit CUDA runs add a field of their own to the form the others share."""
     hashes = [hashlib.sha256(b.encode()) for b in base_hashes]
     precision = {"four_bit": four_bit} | ({"cuda_16bit": True} if cuda and not four_bit else {})
-    settings = json.dumps([hp.resume_key(), lora.model_dump(), precision], sort_keys=True).encode()
+    settings = json.dumps([hp.resume_key(), lora.model_dump(), precision, {"training_version": TRAINING_VERSION}],
+                          sort_keys=True).encode()
     for batch in [settings, *(json.dumps(b["messages"], sort_keys=True).encode()
                               for b in train.select_columns(["messages"]).iter(batch_size=1000))]:
         for h in hashes:

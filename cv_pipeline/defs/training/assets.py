@@ -12,9 +12,9 @@ from cv_pipeline.defs.operations.k8s import CPU_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.defs.training.settings import training_settings_for
 from cv_pipeline.profiles import Profile
-from cv_pipeline.training.config import ADAPTER_SPECS, AdapterSpec
+from cv_pipeline.training.config import ADAPTER_SPECS, TRAINING_VERSION, AdapterSpec
 
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = TRAINING_VERSION
 
 
 def build_base_model_asset(profile: Profile) -> dg.AssetsDefinition:
