@@ -12,6 +12,7 @@ from cv_pipeline.sources.sample_site import SampleSite
 
 PARTITION = "05000-09999"
 CLEANED, CHAT = dg.AssetKey("cleaned_qa_pairs"), dg.AssetKey("chat_dataset")
+EVAL, EXPORTS = dg.AssetKey("adapter_evaluation"), dg.AssetKey("adapter_exports")
 ADAPTERS = [dg.AssetKey("lora_adapter_all_pairs"), dg.AssetKey("lora_adapter_top_10k")]
 
 
@@ -117,6 +118,53 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
                                                job_name="collect_raw_batches"), run_id=collecting.run_id)
     now, cursor = requested(cursor)
     assert now == set(ADAPTERS)
+
+
+def test_opted_in_evaluation_and_exports_follow_retrained_adapters(tmp_path):
+    """With auto_retrain, the report and the exports must not go on describing the previous adapters: the
+    evaluation follows once every adapter has a version it has not read, the exports follow the evaluation.
+    Without auto_retrain neither starts by itself."""
+    from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+    plain = build_definitions(get_profile("demo"), data_dir=tmp_path)
+    assert all(plain.resolve_assets_def(k).automation_conditions_by_key.get(k) is None for k in (EVAL, EXPORTS))
+    defs = build_definitions(get_profile("demo").model_copy(update={"auto_retrain": True}), data_dir=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def made(key: str, version: str) -> None:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key, tags={DATA_VERSION_TAG: version}))
+
+    def requested(cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
+                                                   asset_selection=dg.AssetSelection.assets(EVAL, EXPORTS))
+        return {a for a in (EVAL, EXPORTS) if result.get_num_requested(a)}, result.cursor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"question_id": q, "answer_id": q + 10_000, "rank": q, "question_score": 100 - q, "answer_score": 1,
+         "tags": ["t"], "question": f"How do I read question {q}?", "answer": f"Carefully, answer {q}.",
+         "link": f"https://stats.stackexchange.com/q/{q}", "license": "CC BY-SA 4.0", "answer_license": "CC BY-SA 4.0"}
+        for q in range(1, 80)
+    ]
+    (tmp_path / "cleaned").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "cleaned" / "pairs_00000-04999.parquet")
+    # the real dataset with its blocking checks, which the evaluation (reading its test split) waits for
+    assert dg.materialize([*defs.assets, *defs.asset_checks], selection=[CHAT], resources=defs.resources,
+                          instance=instance).success
+    made("base_model", "b1")
+    made(ADAPTERS[0], "a1")
+    now, cursor = requested(None)
+    assert now == set()  # an adapter is missing
+    made(ADAPTERS[1], "t1")
+    now, cursor = requested(cursor)
+    assert now == {EVAL}  # the exports wait for the evaluation
+    now, cursor = requested(cursor)
+    assert now == set()  # requested once for these versions, not on every tick
+    made(EVAL, "e1")
+    now, cursor = requested(cursor)
+    assert EXPORTS in now
 
 
 def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str, partition: str | None = None):

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from cv_pipeline.defs.metadata import image
+from cv_pipeline.defs.operations.automation import FOLLOW_RETRAINED_ADAPTERS
 from cv_pipeline.defs.operations.k8s import CPU_STEP, EXPORT_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.evaluation import MergeMode
@@ -34,6 +35,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         pool="gpu",
         op_tags=GPU_STEP,
         group_name="evaluation",
+        automation_condition=FOLLOW_RETRAINED_ADAPTERS if profile.auto_retrain else None,
         code_version="5",  # 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
         kinds={"pytorch", "markdown"},
         description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
@@ -79,6 +81,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         # After the evaluation (exports what was measured); reads the adapters and the base model itself.
         deps=[adapter_evaluation, base_model, *adapters],
         group_name="evaluation",
+        automation_condition=FOLLOW_RETRAINED_ADAPTERS if profile.auto_retrain else None,
         code_version="1",
         kinds={"safetensors", "ollama"},
         op_tags=EXPORT_STEP,

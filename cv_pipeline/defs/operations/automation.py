@@ -256,6 +256,17 @@ RETRAIN_ON_NEW_DATA = (
     & ~UPSTREAM_BUSY
 ).with_label("retrain_on_new_data")
 
+# With auto_retrain, what is measured and exported from the adapters follows them: once an adapter (or the
+# dataset, whose test split the evaluation reads) has a data version it has not read, nothing upstream is
+# running or about to be, and the dataset passed its blocking checks. The exports follow the evaluation.
+FOLLOW_RETRAINED_ADAPTERS = (
+    NewDataToRead()
+    & BlockingChecksPassed()
+    & ~_AC.any_deps_missing()
+    & ~_AC.in_progress()
+    & ~UPSTREAM_BUSY
+).with_label("follow_retrained_adapters")
+
 with warnings.catch_warnings():
     # use_user_code_server is in beta: chosen knowingly (and tested under `dagster dev`), so its warning is
     # not printed by every process that loads these definitions.
@@ -267,7 +278,7 @@ with warnings.catch_warnings():
         minimum_interval_seconds=30,
         description="Evaluates every asset's automation condition each 30 s: cleaning follows a new raw batch, the "
         "chat dataset any cleaned partition it has not read, and the adapters (only with auto_retrain) a new dataset "
-        "version once nothing upstream is running.",
+        "version once nothing upstream is running, then the evaluation and the exports the new adapters.",
         # NewDataToRead is Python the daemon cannot deserialise: the code location evaluates the conditions.
         use_user_code_server=True,
     )
