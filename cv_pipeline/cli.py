@@ -64,11 +64,61 @@ def _profile(name: str | None):
         raise SystemExit(str(exc)) from None
 
 
+CLI_HOST_TAG, CLI_PID_TAG = "cv_pipeline/cli_host", "cv_pipeline/cli_pid"
+
+
 def _cli_tags() -> dict[str, str]:
-    """Tags of the runs this command executes in its own process: Ctrl-C or `kill` stops them, not retried."""
+    """Tags of the runs this command executes in its own process: Ctrl-C or `kill` stops them, not retried; and
+    the process that runs them, so that a later command can tell one that was killed (_release_dead_runs)."""
+    import socket
+
     from cv_pipeline.defs.operations.interrupts import STOP_ON_INTERRUPT
 
-    return {STOP_ON_INTERRUPT: "true"}
+    return {STOP_ON_INTERRUPT: "true", CLI_HOST_TAG: socket.gethostname(), CLI_PID_TAG: str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _release_dead_runs(instance) -> None:
+    """Fail the runs of earlier `cv-pipeline` commands on this host whose process is gone, freeing their pool slots.
+
+    Such a command runs its runs in its own process; killed outright (SIGKILL, out of memory) it leaves them
+    STARTED with their `gpu` or `stackexchange_api` slot claimed, which the local launcher never notices, and
+    the next run would wait for that slot for ever, silently. Then say who holds a slot a live run still has.
+    """
+    import socket
+
+    import dagster as dg
+
+    host = socket.gethostname()
+    running = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    for run in instance.get_runs(dg.RunsFilter(statuses=running, tags={CLI_HOST_TAG: host})):
+        pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
+        if pid <= 0 or _process_alive(pid):
+            continue
+        why = f"the cv-pipeline process that ran it (pid {pid}) is gone: killed"
+        instance.report_run_failed(run, message=why)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"note: run {run.run_id[:8]} ({run.job_name}) was left running by a killed cv-pipeline (pid {pid}); "
+              "marked failed and its pool slots freed", file=sys.stderr)
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    for pool in sorted(storage.get_concurrency_keys()):
+        holders = {slot.run_id for slot in storage.get_concurrency_info(pool).claimed_slots}
+        for run_id in sorted(holders):
+            run = instance.get_run_by_id(run_id)
+            who = f"pid {run.tags[CLI_PID_TAG]}" if run is not None and CLI_PID_TAG in run.tags else "the UI or the daemon"
+            print(f"note: pool {pool!r} is held by run {run_id[:8]} ({who}): steps that need it wait until it ends",
+                  file=sys.stderr)
 
 
 # Dagster's console logger shows the steps' own log lines (progress, counts, warnings) and errors;
@@ -154,6 +204,7 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
     dagster_home()
     p, defs = _definitions(profile)
     instance = dg.DagsterInstance.get()
+    _release_dead_runs(instance)
     keys = [_partition(k) for k in partitions or p.demo_partitions]
     collect = defs.resolve_job_def("collect_and_clean")
     tags = _cli_tags()
@@ -256,6 +307,7 @@ def materialize(select: str, partition: str | None, profile: str | None, verbose
     p, defs = _definitions(profile)
     everything = [*defs.assets, *defs.asset_checks]
     instance = dg.DagsterInstance.get()
+    _release_dead_runs(instance)
     tags = _cli_tags()
     graph = defs.resolve_asset_graph()
     keys = _resolve(select, graph)

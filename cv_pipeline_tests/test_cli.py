@@ -168,6 +168,41 @@ def test_an_interrupt_stops_the_whole_run_not_only_its_step(tmp_path):
     assert not (tmp_path / "b_ran").exists()
 
 
+def test_a_run_left_by_a_killed_command_is_failed_and_its_gpu_slot_freed(tmp_path, capsys):
+    """`cv-pipeline` killed outright (out of memory, SIGKILL) leaves its run STARTED holding the `gpu` slot; the
+    next command would wait for that slot for ever without a word. It fails such runs of dead processes, frees
+    their slots, leaves live runs alone, and names who holds a slot it has to wait for."""
+    import os
+
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    from cv_pipeline import cli
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:  # sqlite storage, where pools are enforced
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 1)
+        killed = create_run_for_test(instance, job_name="train_and_evaluate", status=dg.DagsterRunStatus.STARTED,
+                                     tags={**cli._cli_tags(), cli.CLI_PID_TAG: str(dead.pid)})
+        live = create_run_for_test(instance, job_name="collect_and_clean", status=dg.DagsterRunStatus.STARTED,
+                                   tags=cli._cli_tags())  # this process's
+        assert storage.claim_concurrency_slot("gpu", killed.run_id, "lora_adapter_all_pairs").is_claimed
+
+        cli._release_dead_runs(instance)
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+        assert not storage.get_concurrency_info("gpu").claimed_slots
+        assert storage.claim_concurrency_slot("gpu", live.run_id, "lora_adapter_top_10k").is_claimed  # free again
+        err = capsys.readouterr().err
+        assert f"run {killed.run_id[:8]} (train_and_evaluate) was left running by a killed cv-pipeline (pid {dead.pid})" in err
+
+        cli._release_dead_runs(instance)  # a live holder: named, left alone
+        assert f"pool 'gpu' is held by run {live.run_id[:8]} (pid {os.getpid()})" in capsys.readouterr().err
+        assert storage.get_concurrency_info("gpu").claimed_slots
+
+
 def test_materialize_one_partition_from_the_command_line(tmp_path):
     """Assets named with commas (as `dagster asset materialize --select` takes them), one partition: the
     partitioned assets run for it, then the dataset over what is there."""
