@@ -357,3 +357,41 @@ def test_an_interrupt_stops_the_step_only_when_a_person_stopped_the_run():
     with pytest.raises(KeyboardInterrupt):  # preempted: left to the RetryPolicy
         with stop_when_interrupted(context({}, dg.DagsterRunStatus.STARTED), "kept"):
             raise KeyboardInterrupt
+
+
+def _two_gpu_steps_job():
+    """Two independent steps with the GPU steps' tags, each noting when it ran (for the test below)."""
+    import os
+    import time
+
+    from cv_pipeline.defs.operations.k8s import GPU_STEP, executor
+
+    def step(name):
+        @dg.op(name=name, tags=GPU_STEP)
+        def _op():
+            start = time.time()
+            time.sleep(1.5)
+            with open(os.path.join(os.environ["GPU_TURNS_DIR"], name), "w") as fh:
+                fh.write(f"{start} {time.time()}")
+
+        return _op
+
+    @dg.job(executor_def=executor())
+    def two_gpu_steps():
+        step("train_a")()
+        step("train_b")()
+
+    return two_gpu_steps
+
+
+def test_gpu_steps_of_one_run_take_turns_even_without_the_projects_instance_settings(tmp_path, monkeypatch):
+    """The `gpu` pool in dagster.yaml serialises GPU steps only where DAGSTER_HOME holds that file; the executor's
+    own tag limit does it in any instance (here one with no pool settings), as the multiprocess executor runs them."""
+    monkeypatch.setenv("GPU_TURNS_DIR", str(tmp_path))
+    monkeypatch.delenv("CV_PIPELINE_EXECUTOR", raising=False)
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        with dg.execute_job(dg.reconstructable(_two_gpu_steps_job), instance=instance) as result:
+            assert result.success
+    (a0, a1), (b0, b1) = (map(float, (tmp_path / n).read_text().split()) for n in ("train_a", "train_b"))
+    assert a1 <= b0 or b1 <= a0, "the two GPU steps ran at the same time"

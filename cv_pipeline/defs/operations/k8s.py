@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 
+# One machine has one GPU: the local executor runs at most one step with this tag at a time in a run.
+ONE_GPU_TAG = "cv_pipeline/gpu"
+
 GPU_STEP = {
+    ONE_GPU_TAG: "1",
     "dagster-k8s/config": {
         "container_config": {
             "resources": {
@@ -40,9 +44,16 @@ EXPORT_STEP = _cpu_step("2", "16Gi", "24Gi")
 
 
 def executor():
-    """The k8s job executor when asked for, else Dagster's default (multiprocess)."""
+    """The k8s job executor when asked for (a pod per step, each GPU step given a GPU of its own), else Dagster's
+    default (a process per step, or in-process for `execute_in_process`), where the GPU steps of one run take
+    turns by their tag. The instance's `gpu` pool (dagster.yaml) does that across runs, and within one too, but
+    only where DAGSTER_HOME holds the project's dagster.yaml: this holds whatever instance runs it."""
+    import dagster as dg
+
     if os.environ.get("CV_PIPELINE_EXECUTOR") != "k8s":
-        return None
+        return dg.multi_or_in_process_executor.configured(
+            {"multiprocess": {"tag_concurrency_limits": [{"key": ONE_GPU_TAG, "limit": 1}]}}
+        )
     from dagster_k8s import k8s_job_executor
 
     return k8s_job_executor.configured({"max_concurrent": 4})
