@@ -111,10 +111,15 @@ def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pip
     assert fresh.get_status(dg.AssetKey("chat_dataset")) == StaleStatus.FRESH
     assert fresh.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
 
-    # the definitions as a new version of the cleaning rules makes them
+    # the definitions as a new version of the cleaning rules makes them (cleaned_qa_pairs is defined at import,
+    # chat_dataset when the definitions are built)
     monkeypatch.setattr(cleaner, "CLEANER_VERSION", "cleaning-rules-changed")
     profile = get_profile("demo").model_copy(update={"sample_site_questions": 400})
-    bumped = list(build_definitions(profile, data_dir=data).resolve_asset_graph().assets_defs)
+    bumped = [
+        a.map_asset_specs(lambda s: s.replace_attributes(code_version=cleaner.CLEANER_VERSION))
+        if dg.AssetKey("cleaned_qa_pairs") in a.keys else a
+        for a in build_definitions(profile, data_dir=data).resolve_asset_graph().assets_defs
+    ]
     stale = get_stale_status_resolver(instance, bumped)
     assert stale.get_status(dg.AssetKey("cleaned_qa_pairs"), PARTITION) == StaleStatus.STALE
     causes = stale.get_stale_root_causes(dg.AssetKey("cleaned_qa_pairs"), PARTITION)
