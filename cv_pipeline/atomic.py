@@ -168,13 +168,26 @@ def _restore_aside(old: Path, target: Path) -> None:
 def settled_dir(target: Path | str) -> Path:
     """``target`` as the last complete swap left it, for a reader: if a writer died between its two renames,
     the old folder is put back first (under the writers' lock), so the reader neither finds nothing nor
-    creates an empty folder that would hide the old one."""
+    creates an empty folder that would hide the old one. A reader that may not write there (a read-only
+    mount, another user) reads the old folder where it lies."""
     target = Path(target)
     old = target.parent / f".{target.name}.old.dirtmp"
     if old.is_dir():
-        with exclusive(target.parent / f".{target.name}.lock"):
-            _restore_aside(old, target)
+        try:
+            with exclusive(target.parent / f".{target.name}.lock"):
+                _restore_aside(old, target)
+        except PermissionError:
+            if not target.is_dir() or not any(target.iterdir()):
+                return old
     return target
+
+
+def _delete_dir(folder: Path) -> None:
+    """Rename, then delete: a deletion cut short never leaves a partial folder under a name that means something
+    (the old folder's is the one a later swap restores from)."""
+    doomed = Path(tempfile.mkdtemp(prefix=f".{folder.name.lstrip('.')}.", suffix=".dirtmp", dir=folder.parent))
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -197,7 +210,13 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
         # What is left of killed writers: their temporary folders, and an old folder they had not deleted yet
         # (the target beside it is the newer, complete one).
         for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.dirtmp"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover == old:
+                with contextlib.suppress(OSError):  # said below, clearly
+                    _delete_dir(old)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+        if old.exists():  # the swap would fail at its end, losing what this writer made
+            raise OSError(f"{old} is left from an earlier write and cannot be removed: delete it, then run again")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
         try:
             yield tmp
@@ -212,10 +231,6 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
                 raise
             _fsync_dir(target.parent)
             if old.is_dir():
-                # Renamed before it is deleted: a deletion cut short must not leave a partial folder under
-                # the name a later writer restores from.
-                doomed = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".dirtmp", dir=target.parent))
-                os.replace(old, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+                _delete_dir(old)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

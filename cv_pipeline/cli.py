@@ -67,14 +67,24 @@ def _profile(name: str | None):
 CLI_HOST_TAG, CLI_PID_TAG = "cv_pipeline/cli_host", "cv_pipeline/cli_pid"
 
 
+def _process_space() -> str:
+    """Where a pid means something: the host name and the pid namespace (containers that share a host name,
+    each with its own pids, are told apart)."""
+    import socket
+
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/pidns:{namespace}"
+
+
 def _cli_tags() -> dict[str, str]:
     """Tags of the runs this command executes in its own process: Ctrl-C or `kill` stops them, not retried; and
     the process that runs them, so that a later command can tell one that was killed (_release_dead_runs)."""
-    import socket
-
     from cv_pipeline.defs.operations.interrupts import STOP_ON_INTERRUPT
 
-    return {STOP_ON_INTERRUPT: "true", CLI_HOST_TAG: socket.gethostname(), CLI_PID_TAG: str(os.getpid())}
+    return {STOP_ON_INTERRUPT: "true", CLI_HOST_TAG: _process_space(), CLI_PID_TAG: str(os.getpid())}
 
 
 def _process_alive(pid: int) -> bool:
@@ -94,15 +104,12 @@ def _release_dead_runs(instance) -> None:
     STARTED with their `gpu` or `stackexchange_api` slot claimed, which the local launcher never notices, and
     the next run would wait for that slot for ever, silently. Then say who holds a slot a live run still has.
     """
-    import socket
-
     import dagster as dg
 
-    host = socket.gethostname()
     running = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    for run in instance.get_runs(dg.RunsFilter(statuses=running, tags={CLI_HOST_TAG: host})):
-        pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
-        if pid <= 0 or _process_alive(pid):
+    for run in instance.get_runs(dg.RunsFilter(statuses=running, tags={CLI_HOST_TAG: _process_space()})):
+        pid = run.tags.get(CLI_PID_TAG, "")
+        if not pid.isdigit() or _process_alive(int(pid)):
             continue
         why = f"the cv-pipeline process that ran it (pid {pid}) is gone: killed"
         instance.report_run_failed(run, message=why)

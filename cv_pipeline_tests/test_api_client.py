@@ -449,14 +449,16 @@ _ECHOED_URL = f"/2.3/questions?site=stats&key={KEY}&access_token={TOKEN}"
         ("questions", lambda: respond({}, 404, header=False, body=f"<html>Not found: {_ECHOED_URL}</html>".encode()), False),
         ("questions", lambda: respond({}, 400, header=False, body=f'{{"error_id": 400, "error_message": "{_ECHOED_URL}'.encode()), False),
         ("filters/create", lambda: respond({"error_id": 403, "error_name": f"access_denied {_ECHOED_URL}", "error_message": ""}, 403), True),
+        ("questions", lambda: respond({"error_id": 503, "error_name": f"temporarily_unavailable {_ECHOED_URL}", "error_message": "x"}, 503), True),
     ],
-    ids=["error_name", "error_id", "item_field", "html_page", "cut_off_json", "filter_error_name"],
+    ids=["error_name", "error_id", "item_field", "html_page", "cut_off_json", "filter_error_name", "retried_error_name"],
 )
 def test_what_a_server_echoes_back_never_carries_the_secrets_into_an_error(
-    clock: FakeClock, method: str, response, quoted: bool
+    clock: FakeClock, method: str, response, quoted: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A mirror, proxy or firewall may quote the request URL, key and token included, in any field of its answer;
     errors end up in Dagster's event log and run storage. (An item's values and a body are not quoted at all.)"""
+    caplog.set_level(logging.DEBUG)
     api = FakeAPI(n_questions=5)
     api.script[method] += [response] * 10  # retried ones keep failing the same way
     source = make_source(api, clock, key=KEY, access_token=TOKEN, max_retries=1)
@@ -470,6 +472,8 @@ def test_what_a_server_echoes_back_never_carries_the_secrets_into_an_error(
         todo += [x for x in (e.__cause__, e.__context__) if x is not None]
     for text in [str(e) for e in chain] + [repr(e) for e in chain] + [str(getattr(e, "doc", "")) for e in chain]:
         assert KEY not in text and TOKEN not in text
+    for record in caplog.records:  # nor into a log line (a retried error is logged before the next try)
+        assert KEY not in record.getMessage() and TOKEN not in record.getMessage(), record.getMessage()
 
 
 def test_httpcore_debug_logs_are_redacted_too(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> None:

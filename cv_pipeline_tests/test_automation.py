@@ -166,6 +166,19 @@ def test_opted_in_evaluation_and_exports_follow_retrained_adapters(tmp_path):
     now, cursor = requested(cursor)
     assert EXPORTS in now
 
+    # Retrained again, and this time the evaluation's run fails: the exports never ship unmeasured adapters.
+    from dagster._core.events import DagsterEvent, DagsterEventType
+
+    made(ADAPTERS[0], "a2")
+    made(ADAPTERS[1], "t2")
+    now, cursor = requested(cursor)
+    assert now == {EVAL}
+    evaluating = _start_run(instance, defs, "train_and_evaluate")  # the run it requested...
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_FAILURE.value,
+                                               job_name="train_and_evaluate"), run_id=evaluating.run_id)
+    now, cursor = requested(cursor)  # ...failed: the evaluation is not requested again for these versions,
+    assert now == set()  # and the exports, with nothing running upstream, still wait for a successful one
+
 
 def _start_run(instance: dg.DagsterInstance, defs: dg.Definitions, job: str, partition: str | None = None):
     """A run of ``job`` (for ``partition``) in progress (STARTED), as the daemon would have launched it."""

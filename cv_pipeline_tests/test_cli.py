@@ -188,11 +188,17 @@ def test_a_run_left_by_a_killed_command_is_failed_and_its_gpu_slot_freed(tmp_pat
                                      tags={**cli._cli_tags(), cli.CLI_PID_TAG: str(dead.pid)})
         live = create_run_for_test(instance, job_name="collect_and_clean", status=dg.DagsterRunStatus.STARTED,
                                    tags=cli._cli_tags())  # this process's
+        elsewhere = create_run_for_test(  # a dead pid here, but a run of another container's pid namespace
+            instance, job_name="train_and_evaluate", status=dg.DagsterRunStatus.STARTED,
+            tags={**cli._cli_tags(), cli.CLI_HOST_TAG: cli._process_space() + "-other", cli.CLI_PID_TAG: str(dead.pid)})
+        garbled = create_run_for_test(instance, job_name="train_and_evaluate", status=dg.DagsterRunStatus.STARTED,
+                                      tags={**cli._cli_tags(), cli.CLI_PID_TAG: "not-a-pid"})
         assert storage.claim_concurrency_slot("gpu", killed.run_id, "lora_adapter_all_pairs").is_claimed
 
         cli._release_dead_runs(instance)
         assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
-        assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+        for untouched in (live, elsewhere, garbled):
+            assert instance.get_run_by_id(untouched.run_id).status == dg.DagsterRunStatus.STARTED
         assert not storage.get_concurrency_info("gpu").claimed_slots
         assert storage.claim_concurrency_slot("gpu", live.run_id, "lora_adapter_top_10k").is_claimed  # free again
         err = capsys.readouterr().err

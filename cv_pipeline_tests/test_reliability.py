@@ -366,6 +366,54 @@ def test_a_swap_whose_cleanup_is_cut_short_leaves_nothing_a_later_writer_would_r
     assert sorted(p.name for p in tmp_path.iterdir()) == [".adapter.lock", "adapter"]
 
 
+def test_an_old_folder_left_beside_a_complete_one_is_never_deleted_in_place(tmp_path, monkeypatch):
+    """A killed writer's old folder beside the complete new one: the next writer removes it by renaming it first
+    (a deletion cut short leaves nothing a restore would take for the old folder), and refuses to start when
+    it cannot be removed (its swap would fail at the end, losing what it made)."""
+    import os
+
+    from cv_pipeline import atomic
+
+    target, old = tmp_path / "chat_dataset", tmp_path / ".chat_dataset.old.dirtmp"
+    for folder, content in ((target, "new"), (old, "old")):
+        folder.mkdir()
+        (folder / "train.jsonl").write_text(content)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)  # every deletion cut short
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "train.jsonl").write_text("newer")
+    assert not old.exists() and (target / "train.jsonl").read_text() == "newer"
+    monkeypatch.undo()
+
+    old.mkdir()
+    real_replace = os.replace
+
+    def stuck(src, dst):
+        if Path(src) == old:
+            raise PermissionError("cannot move it")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", stuck)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    with pytest.raises(OSError, match="left from an earlier write and cannot be removed"):
+        with atomic.atomic_dir(target):
+            pytest.fail("the writer must not start")
+    assert (target / "train.jsonl").read_text() == "newer"
+
+
+def test_a_reader_that_may_not_write_reads_the_old_folder_where_it_lies(tmp_path, monkeypatch):
+    from cv_pipeline import atomic
+
+    old = tmp_path / ".chat_dataset.old.dirtmp"
+    old.mkdir()
+    (old / "train.jsonl").write_text("old")
+
+    def read_only(lock_file):
+        raise PermissionError(f"{lock_file}: read-only file system")
+
+    monkeypatch.setattr(atomic, "exclusive", read_only)
+    assert (atomic.settled_dir(tmp_path / "chat_dataset") / "train.jsonl").read_text() == "old"
+
+
 def test_a_chat_dataset_that_fails_a_blocking_check_never_reaches_training(tmp_path):
     from cv_pipeline.defs.curation.checks import failed_dataset_checks
     from cv_pipeline.defs.project import build_definitions

@@ -106,7 +106,8 @@ class _RedactSecretsFilter(logging.Filter):
 
 # A filter applies only to records logged on its own logger, not to those its children pass up: httpcore logs
 # (at DEBUG) on these, response headers included, where a redirect's Location repeats the query string.
-_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks",
+                 "cv_pipeline.api")  # and this client's own, for what a server says in a retried error
 
 
 def _install_httpx_log_filter() -> None:
@@ -464,7 +465,7 @@ class StackExchangeAPISource(QuestionSource):
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(60.0, 2.0 ** (attempt - 1)) * (1.0 + self._rng.random() * 0.5)
-                log.warning("GET %s: %s; retry %d/%d in %.1fs", path, problem, attempt, self.max_retries, delay)
+                log.warning("GET %s: %s; retry %d/%d in %.1fs", path, self._redact(problem), attempt, self.max_retries, delay)
                 self.clock.sleep(delay)
             self.governor.wait_turn(method)
             self.requests += 1

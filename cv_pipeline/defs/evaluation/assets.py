@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from cv_pipeline.defs.metadata import image
-from cv_pipeline.defs.operations.automation import FOLLOW_RETRAINED_ADAPTERS
+from cv_pipeline.defs.operations.automation import FOLLOW_EVALUATION, FOLLOW_RETRAINED_ADAPTERS
 from cv_pipeline.defs.operations.k8s import CPU_STEP, EXPORT_STEP, GPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.evaluation import MergeMode
@@ -81,7 +81,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         # After the evaluation (exports what was measured); reads the adapters and the base model itself.
         deps=[adapter_evaluation, base_model, *adapters],
         group_name="evaluation",
-        automation_condition=FOLLOW_RETRAINED_ADAPTERS if profile.auto_retrain else None,
+        automation_condition=FOLLOW_EVALUATION if profile.auto_retrain else None,
         code_version="1",
         kinds={"safetensors", "ollama"},
         op_tags=EXPORT_STEP,

@@ -258,7 +258,8 @@ RETRAIN_ON_NEW_DATA = (
 
 # With auto_retrain, what is measured and exported from the adapters follows them: once an adapter (or the
 # dataset, whose test split the evaluation reads) has a data version it has not read, nothing upstream is
-# running or about to be, and the dataset passed its blocking checks. The exports follow the evaluation.
+# running or about to be, and the dataset passed its blocking checks. The exports follow the evaluation, and
+# only one that succeeded: never adapters that were not measured.
 FOLLOW_RETRAINED_ADAPTERS = (
     NewDataToRead()
     & BlockingChecksPassed()
@@ -266,6 +267,9 @@ FOLLOW_RETRAINED_ADAPTERS = (
     & ~_AC.in_progress()
     & ~UPSTREAM_BUSY
 ).with_label("follow_retrained_adapters")
+FOLLOW_EVALUATION = (FOLLOW_RETRAINED_ADAPTERS & ~_AC.any_deps_match(_AC.execution_failed())).with_label(
+    "follow_a_successful_evaluation"
+)
 
 with warnings.catch_warnings():
     # use_user_code_server is in beta: chosen knowingly (and tested under `dagster dev`), so its warning is
