@@ -381,14 +381,10 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
     return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
 
 
-def _published_result(adapter_dir: Path, fingerprint: str, also: str | None = None) -> TrainResult | None:
-    """The result recorded with the adapter in ``adapter_dir``, if the run with this fingerprint wrote it (or
-    with ``also``, the same run's fingerprint as an earlier version recorded it: then it is recorded anew)."""
+def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None:
+    """The result recorded with the adapter in ``adapter_dir``, if the run with this fingerprint wrote it."""
     try:
         summary = json.loads((adapter_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        if also is not None and summary.get("run_fingerprint") == also:
-            summary["run_fingerprint"] = fingerprint
-            write_json(adapter_dir / SUMMARY_FILE, summary)
         if summary.get("run_fingerprint") != fingerprint:
             return None
         names = [f.name for f in fields(TrainResult) if f.name != "adapter_path"]
@@ -431,9 +427,8 @@ def _is_complete(checkpoint: Path) -> bool:
 _PREVIOUS_SUFFIX = ".previous"
 
 
-def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], also: str | None = None) -> Path | None:
-    """The last complete checkpoint of an earlier run of the same training (same fingerprint, or ``also``:
-    the same run's fingerprint as an earlier version recorded it).
+def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None]) -> Path | None:
+    """The last complete checkpoint of an earlier run of the same training (same fingerprint).
 
     Checkpoints of a different run are not resumed but moved aside to ``checkpoints.previous``
     (replacing an older set there), so that changing a setting by mistake loses no trained steps:
@@ -442,7 +437,7 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], 
     """
     stamp = ckpt_dir / FINGERPRINT_FILE
     recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
-    if ckpt_dir.is_dir() and recorded not in {fingerprint} | ({also} if also else set()):
+    if ckpt_dir.is_dir() and recorded != fingerprint:
         aside = ckpt_dir.with_name(ckpt_dir.name + _PREVIOUS_SUFFIX)
         if any(ckpt_dir.glob("checkpoint-*")):
             shutil.rmtree(aside, ignore_errors=True)
@@ -451,8 +446,6 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, say: Callable[[str], None], 
                 f"(moved to {aside}; move them back to resume that run, or delete them)")
         else:
             shutil.rmtree(ckpt_dir)
-    if also is not None and recorded == also:  # the same run, recorded under the older base hash: record it anew
-        write_json(stamp, {"fingerprint": fingerprint})
     while ckpt_dir.is_dir() and (last := get_last_checkpoint(str(ckpt_dir))) is not None:
         if _is_complete(Path(last)):
             say(f"resuming from {last}")
