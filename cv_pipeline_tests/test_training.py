@@ -417,6 +417,45 @@ def test_missing_folder_and_unreachable_hub_say_how_to_fix(tmp_path, monkeypatch
     assert not (tmp_path / "hub").exists()
 
 
+def test_an_interrupted_hub_download_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The hub client resumes a download in the folder it was writing to: that folder is kept between attempts
+    (a fresh temporary folder each time would fetch a 6 GB model from zero again). The hub cannot be reached
+    here, so a stand-in for snapshot_download writes what the real one would."""
+    import huggingface_hub
+
+    seen_dirs = []
+
+    def download(repo_id, local_dir, allow_patterns):
+        local_dir = Path(local_dir)
+        seen_dirs.append(local_dir)
+        partial = local_dir / ".cache" / "huggingface" / "download" / "model.safetensors.incomplete"
+        if len(seen_dirs) == 1:  # the first attempt dies halfway through the weights
+            partial.parent.mkdir(parents=True)
+            partial.write_bytes(b"x" * 1000)
+            raise ConnectionError("connection reset")
+        assert partial.read_bytes() == b"x" * 1000  # what the first attempt fetched is there to resume from
+        _fake_model_dir(local_dir)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    with pytest.raises(BaseModelError, match="could not download"):
+        prepare_base_model("unsloth/Llama-3.2-3B-Instruct", tmp_path / "base")
+    assert not (tmp_path / "base").exists()
+    info = prepare_base_model("unsloth/Llama-3.2-3B-Instruct", tmp_path / "base")
+    assert seen_dirs[0] == seen_dirs[1] and info.path == tmp_path / "base"
+    assert (tmp_path / "base" / "model.safetensors").is_file() and not (tmp_path / "base" / ".cache").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".base.lock", "base"]  # the download folder is gone
+
+    # a download of another model never picks up what one of this model left
+    seen_dirs.clear()
+    with pytest.raises(BaseModelError):
+        prepare_base_model("unsloth/Llama-3.2-3B-Instruct", tmp_path / "other")
+    (tmp_path / ".other.download" / "stray.safetensors").write_bytes(b"from the first model")
+    with pytest.raises(BaseModelError):  # another repo: its download starts from an empty folder
+        prepare_base_model("someone/another-model", tmp_path / "other")
+    assert not (tmp_path / ".other.download" / "stray.safetensors").exists()
+
+
 # ---------------------------------------------------------------- the embedded model (slow)
 
 

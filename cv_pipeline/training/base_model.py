@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
 import time
 from dataclasses import asdict, dataclass
@@ -209,17 +210,29 @@ def _prepare_hub(repo_id: str, out_dir: Path) -> BaseModelInfo:
     cached = _valid_cached(out_dir, stamp)
     if cached is not None:
         return cached
+    # Downloaded into a folder kept between attempts, where the hub client resumes what an interrupted one
+    # fetched (a 3B model is 6 GB), then moved file by file into the folder that is swapped in.
+    staging = out_dir.parent / f".{out_dir.name}.download"
+    source_file = staging.with_name(staging.name + ".source")  # whose files: another model's must not mix in
     try:
         from huggingface_hub import snapshot_download
 
         with atomic_dir(out_dir) as tmp:
+            if staging.exists() and (not source_file.is_file() or source_file.read_text() != repo_id):
+                shutil.rmtree(staging)
+            source_file.write_text(repo_id)
             snapshot_download(
                 repo_id,
-                local_dir=tmp,
+                local_dir=staging,
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt"],
             )
+            for path in staging.iterdir():
+                if path.name != ".cache":  # the hub client's bookkeeping of the download
+                    os.replace(path, tmp / path.name)
             info = validate_model_dir(tmp, source=repo_id)
             write_json(tmp / INFO_FILE, {**stamp, **info.as_dict(), "path": None, "hash_scheme": HASH_SCHEME})
+        shutil.rmtree(staging, ignore_errors=True)
+        source_file.unlink(missing_ok=True)
     except BaseModelError:
         raise
     except Exception as exc:  # offline, unreachable, gated, unknown repo: all end the same way for the user
