@@ -151,6 +151,11 @@ def _fsync_path(path: str, flags: int) -> None:
         os.close(fd)
 
 
+def _aside_and_lock(target: Path) -> tuple[Path, Path]:
+    """Where a swap of ``target`` moves the old folder, and the lock its writers hold."""
+    return target.parent / f".{target.name}.old.dirtmp", target.parent / f".{target.name}.lock"
+
+
 def _restore_aside(old: Path, target: Path) -> None:
     """Put the folder a swap moved aside back, if the new one never arrived: no ``target``, or an empty folder
     in its place (one a reader's ``mkdir`` made meanwhile; a swap never publishes an empty folder here)."""
@@ -171,10 +176,10 @@ def settled_dir(target: Path | str) -> Path:
     creates an empty folder that would hide the old one. A reader that may not write there (a read-only
     mount, another user) reads the old folder where it lies."""
     target = Path(target)
-    old = target.parent / f".{target.name}.old.dirtmp"
+    old, lock = _aside_and_lock(target)
     if old.is_dir():
         try:
-            with exclusive(target.parent / f".{target.name}.lock"):
+            with exclusive(lock):
                 _restore_aside(old, target)
         except PermissionError:
             if not target.is_dir() or not any(target.iterdir()):
@@ -204,8 +209,8 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.parent / f".{target.name}.old.dirtmp"
-    with exclusive(target.parent / f".{target.name}.lock"):
+    old, lock = _aside_and_lock(target)
+    with exclusive(lock):
         _restore_aside(old, target)  # a writer died mid-swap
         # What is left of killed writers: their temporary folders, and an old folder they had not deleted yet
         # (the target beside it is the newer, complete one).

@@ -160,12 +160,15 @@ def collect_batch(
         # Only deterministic numbers go in the file; the rest is in the sidecar.
         stats=BatchStats(pages=stats.pages),
     )
-    if not questions:
-        try:
-            _refuse_to_empty(out_file, rank_range, source)
-        except SourceError:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # its empty pages must not be resumed next time
-            raise
+    # An empty answer does not replace a batch that holds questions: a wrong site, filter or mirror, or a server
+    # having a bad day, would otherwise wipe a partition (and, through automation, what follows it).
+    if not questions and (held := _questions_in(out_file)):
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # its empty pages must not be resumed next time
+        raise SourceError(
+            f"partition {rank_range.key}: {source.describe()} returned no questions for ranks {rank_range.start}-"
+            f"{rank_range.stop - 1}, but {out_file} holds {held}; it was kept. Check the source settings (site, "
+            "base URL, dump); if the site really has no questions there now, delete that file and materialise again"
+        )
     # The old sidecar goes first: a failure between the two writes leaves the batch without run statistics,
     # never beside another run's.
     stats_path(out_file).unlink(missing_ok=True)
@@ -183,19 +186,12 @@ def collect_batch(
     return batch.model_copy(update={"stats": stats})
 
 
-def _refuse_to_empty(out_file: Path, rank_range: RankRange, source: QuestionSource) -> None:
-    """An empty answer does not replace a batch that holds questions: a wrong site, filter or mirror, or a
-    server having a bad day, would otherwise wipe a partition (and, through automation, what follows it)."""
+def _questions_in(batch_file: Path) -> int:
+    """How many questions an earlier batch file holds (0 when there is none, or it is not a batch)."""
     try:
-        held = len(load_batch(out_file).questions) if out_file.is_file() else 0
-    except ValueError:  # not a batch: nothing worth keeping
-        held = 0
-    if held:
-        raise SourceError(
-            f"partition {rank_range.key}: {source.describe()} returned no questions for ranks {rank_range.start}-"
-            f"{rank_range.stop - 1}, but {out_file} holds {held}; it was kept. Check the source settings (site, "
-            "base URL, dump); if the site really has no questions there now, delete that file and materialise again"
-        )
+        return len(load_batch(batch_file).questions) if batch_file.is_file() else 0
+    except ValueError:
+        return 0
 
 
 def load_batch(path: Path) -> RawBatch:
