@@ -10,6 +10,7 @@ import pytest
 
 from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import (
+    SPLITS,
     SplitFractions,
     build_chat_dataset,
     load_split,
@@ -88,11 +89,30 @@ def test_duplicates_keep_the_highest_scored_copy_and_are_counted():
     assert five["messages"][0]["content"] == "new copy"
 
 
+def test_two_copies_of_a_question_tied_on_votes_and_rank_resolve_the_same_in_any_order():
+    """Files read in another order (a stale file of another partitioning beside the current ones) give the same data."""
+    a = pair(5, 10, rank=3) | {"answer_id": 77, "answer_score": 4, "answer": "An older answer that was edited since."}
+    b = pair(5, 10, rank=3) | {"answer_id": 78, "answer_score": 9, "answer": "The answer with more votes now."}
+    first, second = build_chat_dataset([a, b, pair(6, 1)]), build_chat_dataset([b, a, pair(6, 1)])
+    assert first.data_version == second.data_version
+    kept = next(r for rows in first.splits.values() for r in rows if r["question_id"] == 5)
+    assert kept["answer_id"] == 78
+
+
 def test_top_subset_is_the_highest_voted_train_pairs():
     ds = build_chat_dataset([pair(q, q * 3 % 1000) for q in range(1, 1001)], top_n=50)
     train_scores = sorted((r["question_score"] for r in ds.splits["train"]), reverse=True)
     assert sorted((r["question_score"] for r in ds.top), reverse=True) == train_scores[:50]
     assert {r["question_id"] for r in ds.top} <= {r["question_id"] for r in ds.splits["train"]}
+
+
+def test_the_data_version_follows_the_top_subset_as_well_as_the_splits():
+    """The top_10k adapter trains on the top subset alone: a new top_n is new data for it, with the same splits."""
+    rows = [pair(q, q) for q in range(1, 200)]
+    small, large = build_chat_dataset(rows, top_n=10), build_chat_dataset(rows, top_n=20)
+    assert small.splits == large.splits and small.top != large.top
+    assert small.data_version != large.data_version
+    assert build_chat_dataset(list(reversed(rows)), top_n=10).data_version == small.data_version
 
 
 def test_votes_that_only_reshuffle_the_top_pairs_leave_what_training_reads_unchanged():
@@ -119,65 +139,42 @@ def test_messages_alternate_and_splits_are_disjoint():
 def test_chat_dataset_problems_finds_each_rules_rows_and_only_the_rules_asked():
     """The blocking checks' rules, shared by the checks and chat_dataset's gate before it writes."""
     ds = build_chat_dataset([pair(q, q) for q in range(1, 300)], top_n=20)
-    assert validate.chat_dataset_problems(ds.splits) == dict.fromkeys(validate.CHAT_RULES, [])
+    no_code = {"code_block_posts": lambda ids: []}
+    assert validate.chat_dataset_problems(ds.splits, top=ds.top, **no_code) == dict.fromkeys(validate.CHAT_RULES, [])
     splits = {name: [json.loads(json.dumps(r)) for r in rows] for name, rows in ds.splits.items()}
     train, test = splits["train"], splits["test"]
+    top = [json.loads(json.dumps(r)) for r in ds.top]
     train[0]["messages"][1]["content"] = "  "
     train[1]["messages"][1]["content"] += " <div>left</div>"
     train[2]["answer_license"] = "unknown"
     test.append(dict(train[3]))
-    assert validate.chat_dataset_problems(splits) == {
-        "chat_roles_alternate": [train[0]["question_id"]],
-        "chat_splits_disjoint": [train[3]["question_id"]],
-        "chat_rows_licensed": [train[2]["question_id"]],
-        "chat_has_no_markup": [train[1]["question_id"]],
+    train[4]["messages"] = train[4]["messages"][:1]  # no assistant turn: nothing to learn
+    train[5]["messages"].append({"role": "user", "content": "and then?"})  # ends on the user
+    train[6]["messages"] += [{"role": "user", "content": "<p>more"}, {"role": "assistant", "content": "sure"}]
+    train[7]["answer_link"] = ""
+    train[8]["link"] = "/questions/9"  # not a web address
+    top.append(dict(test[0]))  # the top subset is drawn from train only
+    code_posts = [train[9]["question_id"], 10**9]  # what the raw posts say (an id not in the dataset changes nothing)
+    problems = validate.chat_dataset_problems(splits, top=top, code_block_posts=lambda ids: [i for i in code_posts if i in ids])
+    assert problems == {
+        "chat_roles_alternate": sorted(train[i]["question_id"] for i in (0, 4, 5)),
+        "chat_splits_disjoint": sorted([train[3]["question_id"], test[0]["question_id"]]),
+        "chat_rows_licensed": sorted(train[i]["question_id"] for i in (2, 7, 8)),
+        # the middle message too; the user-only row's answer is its question, which has none
+        "chat_has_no_markup": sorted(train[i]["question_id"] for i in (1, 6)),
+        "chat_no_code_block_posts": [train[9]["question_id"]],
     }
     # Markup the raw HTML writes escaped is the post's own text, not a leftover.
     excused = validate.chat_dataset_problems(
-        splits, raw_html=lambda ids: {i: "<p>&lt;div&gt;</p>" for i in ids}, rules=["chat_has_no_markup"])
+        splits, raw_html=lambda ids: {i: "<p>&lt;div&gt;left&lt;/div&gt; and &lt;p&gt;</p>" for i in ids},
+        rules=["chat_has_no_markup"])
     assert excused == {"chat_has_no_markup": []}
-
-
-def test_data_version_changes_with_content_only():
-    rows = [pair(q, q) for q in range(1, 100)]
-    a = build_chat_dataset(rows, top_n=10).data_version
-    assert build_chat_dataset(list(reversed(rows)), top_n=10).data_version == a
-    changed = [dict(r) for r in rows]
-    changed[3]["answer"] += " (edited)"
-    assert build_chat_dataset(changed, top_n=10).data_version != a
-
-
-def test_saved_dataset_loads_back_with_every_split(tmp_path):
-    ds = build_chat_dataset([pair(q, q) for q in range(1, 200)], top_n=25)
-    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
-    for split in ("train", "validation", "test", "top_10k"):
-        loaded = load_split(out, split)
-        expected = ds.top if split == "top_10k" else ds.splits[split]
-        assert len(loaded) == len(expected)
-        jsonl = [json.loads(line) for line in open(out / f"{split}.jsonl")]
-        assert [r["question_id"] for r in jsonl] == [r["question_id"] for r in expected]
-    assert loaded[0]["messages"][0]["role"] == "user"
-    assert (out / "README.md").read_text().count("CC BY-SA") >= 1
-    assert (out / "lengths.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(KeyError, match="no split 'dev'"):
-        load_split(out, "dev")
-
-
-
-def test_empty_splits_are_saved_loadable(tmp_path):
-    """A zero fraction (or a corpus too small to reach a split) leaves splits empty; every split, the
-    empty ones included, must still load back with the chat features."""
-    ds = build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=0, fractions=SplitFractions(validation=0.0))
-    assert not ds.splits["validation"] and not ds.top and ds.splits["train"]
-    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
-    for split in ("train", "validation", "test", "top_10k"):
-        loaded = load_split(out, split)
-        assert len(loaded) == len(ds.top if split == "top_10k" else ds.splits[split])
-        assert set(loaded.features) >= {"question_id", "messages", "license"}
-
-def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="materialise chat_dataset"):
-        load_split(tmp_path / "nowhere", "train")
+    # ... as often as the text shows it: one escaped "<div>" does not excuse a "</div>" beside it
+    half = validate.chat_dataset_problems(
+        splits, raw_html=lambda ids: {i: "<p>&lt;div&gt; and &lt;p&gt;</p>" for i in ids}, rules=["chat_has_no_markup"])
+    assert half == {"chat_has_no_markup": [train[1]["question_id"]]}
+    with pytest.raises(ValueError, match="code_block_posts"):
+        validate.chat_dataset_problems(splits, rules=["chat_no_code_block_posts"])
 
 
 @pytest.mark.parametrize(
@@ -203,6 +200,19 @@ def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
         ("$$x<y$$ and then <div class='x'>", True),
         ("Java's List<String> or Map<K, V>", False),  # not HTML element names
         ("if a<b and c>d", True),  # looks like a <b> tag: only the raw HTML can excuse it (next test)
+        # An inline span stays in its paragraph and "\\$" is a dollar sign: neither hides a tag
+        ("Income in \\$ per year.\n\n<p>left over</p>\n\nTable in $.", True),
+        ("It cost $5.\n\n<div>left</div>\n\nThen $6.", True),
+        ("Over two lines: $a<b\nand c>d$", False),
+        # The other notices Stack Exchange puts in a post
+        ("Title\n\nPossible Duplicate:\nIs logistic regression a GLM?", True),
+        ("Possible Duplicates:\nA\nB", True),
+        ("Locked. This question and its answers are locked because the question is off-topic", True),
+        ("Locked. Comments on this question have been disabled", True),
+        ("Migrated. This question was migrated from Stack Overflow", True),
+        ("Title\n\nThis question was migrated from Mathematics Stack Exchange", True),
+        ("Want to improve this post? Add citations from reputable sources", True),
+        ("A possible duplicate: see the earlier thread", False),
     ],
 )
 def test_markup_detector(text, has_markup):
@@ -220,6 +230,14 @@ def test_markup_detector(text, has_markup):
         ("Use <br> here", None, True),  # no raw HTML found for the pair: not excused
         ("Write <!-- to open a comment", "<p>Write <code>&lt;!--</code> to open a comment</p>", False),
         ("What does <b> mean in a formula?", "What does &lt;b&gt; mean in a formula?<p>body</p>", False),  # the title
+        # Each token must be written as text as often as the text shows it, and as that tag: "$n&lt;p$" writes
+        # no <p>, "a&lt;b" or "&lt;blockquote" no <b>
+        ("left <p>over when $n<p$", "<p>left</p><p>over when $n&lt;p$</p>", True),
+        ("Use <b>, not <b>", "<p>Use <code>&lt;b&gt;</code>, not</p><b></b>", True),
+        ("Use <b>x</b>", "<p>Use a&lt;b and &lt;blockquote</p>", True),
+        ("Use <b>x</b>", "<p>Use <code>&lt;b&gt;x&lt;/b&gt;</code></p>", False),
+        ("Use <P> or <p >", "<p>Use <code>&LT;P&GT;</code> or <code>&#x3C;p &gt;</code></p>", False),
+        ("A <b> in fullwidth", "<p>A \uff1cb\uff1e in fullwidth</p>", False),  # the ASCII mode maps it to "<b>"
     ],
 )
 def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw, flagged):
@@ -239,12 +257,13 @@ def test_the_same_question_under_two_ids_is_kept_once_across_partitions():
     text = "How do I interpret a p-value? I read the definition twice."
     qids = [q for q in range(1000, 1200) if split_of(q) == "train"][:1] + [
         q for q in range(1000, 1200) if split_of(q) == "test"][:1]
-    rows = [pair(qids[0], 50, rank=10, question=text), pair(qids[1], 40, rank=5003, question=text), pair(3, 1)]
-    ds = build_chat_dataset(rows, top_n=10)
-    kept = [r for rows in ds.splits.values() for r in rows]
-    assert sorted(r["question_id"] for r in kept) == sorted([qids[0], 3])  # the higher-voted copy stays
-    assert ds.duplicate_texts_dropped == 1 == ds.counts["duplicate_texts_dropped"]
-    assert ds.duplicates_dropped == 0
+    copies = [pair(qids[0], 50, rank=10, question=text), pair(qids[1], 40, rank=5003, question=text)]
+    for rows in (copies + [pair(3, 1)], copies[::-1] + [pair(3, 1)]):  # whichever is read first
+        ds = build_chat_dataset(rows, top_n=10)
+        kept = [r for rows in ds.splits.values() for r in rows]
+        assert sorted(r["question_id"] for r in kept) == sorted([qids[0], 3])  # the higher-voted copy stays
+        assert ds.duplicate_texts_dropped == 1 == ds.counts["duplicate_texts_dropped"]
+        assert ds.duplicates_dropped == 0
 
 
 def test_each_row_carries_the_answer_licence_and_link_for_attribution():
@@ -349,7 +368,7 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     chat = build_chat_dataset_asset(get_profile("demo"))
     result = dg.materialize([chat, chat_dataset_checks], resources=resources)
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 4 and all(e.passed for e in evaluations)
+    assert len(evaluations) == len(validate.CHAT_RULES) and all(e.passed for e in evaluations)
     train = load_split(tmp_path / "chat_dataset", "train")
     assert "<br>" in train[0]["messages"][0]["content"] and train[0]["answer_license"] == "CC BY-SA 3.0"
     assert "Source: unit test; partitions pairs_00000-04999, pairs_05000-09999." in (
@@ -382,6 +401,64 @@ def test_an_empty_partition_and_a_post_about_html_pass_through_the_assets_and_th
     pq.write_table(pa.Table.from_pylist(broken, schema=table.schema), first)
     result = dg.materialize([cleaned_qa_pairs, cleaned_qa_pairs_checks], partition_key="05000-09999", resources=resources)
     assert len(result.get_asset_check_evaluations()) == 4 and all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_a_code_block_pair_that_got_past_the_cleaner_stops_the_dataset_before_training(tmp_path):
+    """Rule 1 is among chat_dataset's blocking rules, judged against the raw posts: a cleaned partition holding a
+    pair from a post with a code block (a cleaner regression, a file from elsewhere) fails the rebuild, which
+    keeps the last dataset; the cleaned check flags it, and one flags a row without its link or answer id."""
+    import dagster as dg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cv_pipeline.atomic import write_json
+    from cv_pipeline.defs.curation.assets import build_chat_dataset_asset, cleaned_qa_pairs
+    from cv_pipeline.defs.curation.checks import chat_dataset_checks, cleaned_qa_pairs_checks
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.profiles import get_profile
+    from cv_pipeline.sources.models import BatchStats, RawBatch
+
+    key = "00000-04999"
+    raw_file = tmp_path / "raw" / f"questions_{key}.json"
+
+    def write_raw(code_in: int | None) -> None:
+        write_json(raw_file, RawBatch(
+            partition_key=key, source="unit test", site="stats", start_rank=0, stop_rank=5000,
+            questions=[question(q, f"<p>A question {q} long enough to be kept in the dataset.</p>"
+                                + ("<pre><code>lm(y ~ x)</code></pre>" if q == code_in else "")) for q in range(1, 30)],
+            stats=BatchStats()).model_dump(mode="json"))
+
+    resources = {"data_dir": DataDirResource(path=str(tmp_path))}
+    chat = build_chat_dataset_asset(get_profile("demo"))
+    write_raw(code_in=None)
+    dg.materialize([cleaned_qa_pairs], partition_key=key, resources=resources)
+    result = dg.materialize([chat, chat_dataset_checks], resources=resources)
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    before = (tmp_path / "chat_dataset" / "data_version.txt").read_text()
+
+    write_raw(code_in=7)  # the post as it is: question 7 has a code block, yet its pair is in the cleaned file
+    result = dg.materialize([chat], resources=resources, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "chat_no_code_block_posts" in failure.event_specific_data.error.message
+    assert "question ids [7]" in failure.event_specific_data.error.message
+    assert (tmp_path / "chat_dataset" / "data_version.txt").read_text() == before
+    result = dg.materialize([cleaned_qa_pairs_checks], resources=resources,
+                            selection=dg.AssetSelection.checks_for_assets(cleaned_qa_pairs))
+    verdicts = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not verdicts["cleaned_has_no_code_block_posts"].passed
+    assert verdicts["cleaned_has_no_code_block_posts"].metadata["example_question_ids"].value == [7]
+    assert verdicts["cleaned_rows_complete"].passed
+
+    path = tmp_path / "cleaned" / f"pairs_{key}.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[0]["link"], rows[1]["answer_id"] = "", None
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    result = dg.materialize([cleaned_qa_pairs_checks], resources=resources,
+                            selection=dg.AssetSelection.checks_for_assets(cleaned_qa_pairs))
+    (complete,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "cleaned_rows_complete"]
+    assert complete.metadata["example_question_ids"].value == sorted([rows[0]["question_id"], rows[1]["question_id"]])
 
 
 def test_a_partition_check_says_which_partition_it_judged(tmp_path):
@@ -448,3 +525,46 @@ def test_a_question_collected_in_two_partitions_is_kept_once_and_warns_of_a_move
     assert len(warnings) == 1 and warnings[0].startswith("1 question(s) were collected in two partitions")
     rows = [r for split in ("train", "validation", "test") for r in load_split(tmp_path / "chat_dataset", split)]
     assert [r["question_score"] for r in rows if r["question_id"] == 29] == [71]  # the highest-voted copy
+
+
+def test_the_data_card_names_the_site_counts_each_licence_and_says_the_text_was_modified(tmp_path):
+    """What CC BY-SA asks of a republisher: the source, the licence (with its text's address) and the changes made."""
+    from cv_pipeline.curation.datacard import write_datacard
+
+    rows = [pair(q, q) | {"license": "CC BY-SA 2.5" if q < 5 else "CC BY-SA 4.0", "answer_license": "CC BY-SA 3.0"}
+            for q in range(1, 41)]
+    ds = build_chat_dataset(rows, top_n=5)
+    card = write_datacard(ds, tmp_path, source="unit test")[0].read_text()
+    assert card.startswith("# Cross Validated chat dataset")
+    assert "user content from Cross Validated (stats.stackexchange.com)" in card
+    kept = sum(ds.counts[s] for s in SPLITS)
+    assert "| CC BY-SA 2.5 | 4 | https://creativecommons.org/licenses/by-sa/2.5/ |" in card
+    assert f"| CC BY-SA 3.0 | {kept} | https://creativecommons.org/licenses/by-sa/3.0/ |" in card
+    assert f"| CC BY-SA 4.0 | {kept - 4} | https://creativecommons.org/licenses/by-sa/4.0/ |" in card
+    assert "**The text is modified**" in card
+
+    other = [r | {"link": f"https://cstheory.meta.stackexchange.com/questions/{r['question_id']}"} for r in rows]
+    card = write_datacard(build_chat_dataset(other, top_n=5), tmp_path, source="a dump")[0].read_text()
+    assert card.startswith("# cstheory.meta.stackexchange.com chat dataset") and "Cross Validated" not in card
+
+
+@pytest.mark.parametrize("asset, field", [("chat_dataset", "top_n"), ("cleaned_qa_pairs", "min_question_chars"),
+                                          ("cleaned_qa_pairs", "min_answer_chars")])
+def test_a_negative_count_in_the_launchpad_is_refused_naming_the_field(tmp_path, asset, field):
+    """top_n=-1 would have sliced the train split to all pairs but one; a negative minimum would keep empty pairs."""
+    import dagster as dg
+
+    from cv_pipeline.defs.curation.assets import build_chat_dataset_asset, cleaned_qa_pairs
+    from cv_pipeline.defs.resources import DataDirResource
+    from cv_pipeline.profiles import get_profile
+
+    target = build_chat_dataset_asset(get_profile("demo")) if asset == "chat_dataset" else cleaned_qa_pairs
+    result = dg.materialize(
+        [target], resources={"data_dir": DataDirResource(path=str(tmp_path))}, raise_on_error=False,
+        partition_key=None if asset == "chat_dataset" else "00000-04999",
+        run_config={"ops": {asset: {"config": {field: -1}}}},
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert field in str(failure.event_specific_data.error) and "greater than or equal to 0" in str(failure.event_specific_data.error)
+    assert not any(tmp_path.rglob("*.parquet")) and not (tmp_path / "chat_dataset").exists()

@@ -153,8 +153,9 @@ def build_chat_dataset(
 ) -> ChatDataset:
     """Merge, de-duplicate (by question id, then by question text; the highest-voted copy wins),
     split, and pick the top-N of train."""
-    def rank_key(row: dict) -> tuple:  # best first: score, then ranking position, then id
-        return (-row["question_score"], row.get("rank") or 0, int(row["question_id"]))
+    def rank_key(row: dict) -> tuple:  # best first: score, ranking position, id; then content, so no order of reading wins
+        return (-row["question_score"], row.get("rank") or 0, int(row["question_id"]),
+                -(row.get("answer_score") or 0), int(row["answer_id"]), row["question"], row["answer"])
 
     best: dict[int, dict] = {}
     for row in cleaned_rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 # HTML element names: "<b and c>" in "if a<b and c>d" looks like a tag, "<n>" or "List<T>" does not.
@@ -16,31 +17,42 @@ _ELEMENTS = (
     "summary sup svg table tbody td template textarea tfoot th thead time title tr track tt u ul var video wbr "
     "xmp"
 ).split()
-_TAG = re.compile(r"</?(" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")(?:\s[^<>]*)?/?>|<!--", re.I)
-# MathJax is kept verbatim (rule 3), so "$T<c \mid H_0$ ... $T>c$" is text: blank math out before looking.
-_MATH = re.compile(r"\$\$.*?\$\$|\$[^$]*\$", re.S)
+_NAMES = "|".join(sorted(_ELEMENTS, key=len, reverse=True))
+_TAG = re.compile(r"</?(" + _NAMES + r")(?:\s[^<>]*)?/?>|<!--", re.I)
+# MathJax is kept verbatim (rule 3), so "$T<c \mid H_0$ ... $T>c$" is text: without the raw HTML to judge by,
+# math is blanked out before looking. An inline span stays within its paragraph, and "\$" is a dollar sign,
+# so a price ("costs $5 ... $6") cannot hide a tag in the paragraphs between.
+_MATH = re.compile(r"(?<!\\)\$\$.*?(?<!\\)\$\$|(?<!\\)\$(?:[^$\n]|\n(?!\s*\n))*?(?<!\\)\$", re.S)
+# How a post's HTML writes "<name" as text (lower-cased): an escaped "<" (named, decimal or hex, with or
+# without its ";"), or a fullwidth or small "<" that the ASCII normalisation turns into one; then the name,
+# ended as _TAG ends it (so "&lt;p$" in "$n&lt;p$" is no escaped <p>).
+_ESCAPED_TAG = re.compile(
+    r"(?:&lt;?|&#0*60;?|&#x0*3c;?|\uff1c|\ufe64)(?:(/?)(" + _NAMES + r")(?=[\s/>]|&gt|&#0*62|&#x0*3e|\uff1e|\ufe65)|(!--))"
+)
 # Text of the notices rule 2 removes, where a notice puts it: at the start of a line (a page's closed notice
-# is blocks of its own; the duplicate notice's later wordings end with their colon). A blocking check must not
+# is blocks of its own; the duplicate notice's wordings end with their colon). A blocking check must not
 # trip on a post that says in passing "my last question was closed. This question ...".
 _NOTICE = re.compile(
-    r"^(?:Closed\.\s+This question|Want to improve this question\?"
+    r"^(?:Closed\.\s+This question|Want to improve this (?:question|post)\?"
+    r"|Locked\.\s+(?:This|Comments on this)|(?:Migrated\.\s+)?This question was migrated from"
+    r"|Possible Duplicates?:"
     r"|This question (?:may )?already ha(?:s|ve) (?:an )?answers? here:)",
     re.M,
 )
 
 
-def markup_tokens(text: str) -> list[str]:
-    """Tag-like tokens left in cleaned text, outside MathJax: the element names (or "!--")."""
-    return [m.group(1).lower() if m.group(1) else "!--" for m in _TAG.finditer(_MATH.sub(" ", text))]
+def markup_tokens(text: str, blank_math: bool = True) -> list[str]:
+    """Tag-like tokens left in cleaned text (outside MathJax unless ``blank_math`` is off): the element names (or "!--")."""
+    return [m.group(1).lower() if m.group(1) else "!--" for m in _TAG.finditer(_MATH.sub(" ", text) if blank_math else text)]
 
 
 def html_left(text: str) -> bool:
     return bool(markup_tokens(text))
 
 
-def _escaped_in(name: str, raw_lower: str) -> bool:
-    """Whether the post's lower-cased HTML writes "<name" as text (escaped), e.g. `<code>&lt;br&gt;</code>`."""
-    return any(f"{lt}{name}" in raw_lower for lt in ("&lt;", "&#60;", "&#x3c;", "&#x003c;"))
+def escaped_tokens(raw_html: str) -> Counter[str]:
+    """How often the post's HTML writes each tag-like token as text (`<code>&lt;br&gt;</code>` shows "<br>")."""
+    return Counter(m.group(2) or m.group(3) for m in _ESCAPED_TAG.finditer(raw_html.lower()))
 
 
 def rows_with_markup(
@@ -52,23 +64,26 @@ def rows_with_markup(
 
     Text can hold a tag legitimately: a post that writes `&lt;br&gt;` (in inline code, say) shows
     "<br>". Given ``raw_html`` (question ids -> the pair's raw HTML, asked only for suspects), a
-    token the raw HTML writes escaped is excused; a real tag left over never is.
+    row's tokens are excused when the raw HTML writes each of them as text at least as often as
+    the text shows it, math included (a "<" in MathJax is text, so it is escaped in the HTML too);
+    a real tag left over never is, even beside an escaped one of the same name. Without the raw
+    HTML, tokens inside MathJax are passed over and any other is a leftover.
     """
     bad: list[int] = []
-    suspects: dict[int, set[str]] = {}
+    suspects: dict[int, Counter[str]] = {}
     for r in rows:
-        texts = [r[f] for f in fields]
+        texts = [t for f in fields for t in (r[f] if isinstance(r[f], list) else [r[f]])]
         if any(_NOTICE.search(t) for t in texts):
             bad.append(r["question_id"])
             continue
-        tokens = {tok for t in texts for tok in markup_tokens(t)}
-        if tokens:
-            suspects[r["question_id"]] = tokens
+        if any(_TAG.search(t) for t in texts):
+            suspects[r["question_id"]] = Counter(tok for t in texts for tok in markup_tokens(t, blank_math=raw_html is None))
     sources = raw_html(sorted(suspects)) if suspects and raw_html else {}
     for qid, tokens in suspects.items():
         raw = sources.get(qid)
-        raw_lower = raw.lower() if raw is not None else None
-        if raw_lower is None or not all(_escaped_in(tok, raw_lower) for tok in tokens):
+        if not tokens:  # only in math, judged without the raw HTML
+            continue
+        if raw is None or tokens - escaped_tokens(raw):
             bad.append(qid)
     return bad
 
@@ -79,24 +94,29 @@ def rows_with_empty_text(rows: Iterable[dict], fields: tuple[str, ...] = ("quest
 
 def rows_without_attribution(rows: Iterable[dict], fields: tuple[str, ...] = ("license", "answer_license")) -> list[int]:
     """Rows where any of the attribution ``fields`` (by default the question's and the answer's licence) is blank,
-    or "unknown" (what `infer_license` says of a post with neither a licence nor a creation date): such a row
-    cannot be attributed as CC BY-SA requires."""
-    return [r["question_id"] for r in rows if not all(_known(r.get(f)) for f in fields)]
+    or "unknown" (what `infer_license` says of a post with neither a licence nor a creation date), or, for a
+    link field, not an absolute web address: such a row cannot be attributed as CC BY-SA requires."""
+    return [r["question_id"] for r in rows if not all(_known(r.get(f), link=f.endswith("link")) for f in fields)]
 
 
-def _known(value: object) -> bool:
-    text = str(value or "").strip()
+_WEB_ADDRESS = re.compile(r"https?://[^/\s]+/\S")
+
+
+def _known(value: object, link: bool = False) -> bool:
+    text = str("" if value is None else value).strip()
+    if link:
+        return _WEB_ADDRESS.match(text) is not None
     return bool(text) and text.lower() != "unknown"
 
 
 def bad_roles(rows: Iterable[dict]) -> list[int]:
-    """Messages must alternate user, assistant, ... starting with the user, and none may be empty."""
+    """A chat is user, assistant, ... and ends with the assistant (whose turn training learns); no message is empty."""
     bad = []
     for r in rows:
         msgs = r["messages"]
         roles = [m["role"] for m in msgs]
         expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(msgs))]
-        if not msgs or roles != expected or any(not m["content"].strip() for m in msgs):
+        if len(msgs) < 2 or len(msgs) % 2 or roles != expected or any(not (m["content"] or "").strip() for m in msgs):
             bad.append(r["question_id"])
     return bad
 
@@ -115,10 +135,11 @@ def ids_in_two_splits(splits: dict[str, list[dict]]) -> list[int]:
 # The chat dataset's rules: the blocking checks' names and what each asserts. chat_dataset applies
 # them to the rows it built before it replaces the dataset on disk; its checks apply them to the files.
 CHAT_RULES = {
-    "chat_roles_alternate": "roles alternate, no empty message",
-    "chat_splits_disjoint": "splits disjoint",
+    "chat_roles_alternate": "user and assistant alternate, the assistant answers last, no empty message",
+    "chat_splits_disjoint": "splits disjoint, the top subset drawn from train",
     "chat_rows_licensed": "licence and link of question and answer present",
-    "chat_has_no_markup": "no markup",
+    "chat_has_no_markup": "no markup or notice text in any message",
+    "chat_no_code_block_posts": "no pair from a post with a code block",
 }
 
 
@@ -126,17 +147,35 @@ def chat_dataset_problems(
     splits: dict[str, list[dict]],
     raw_html: Callable[[list[int]], dict[int, str]] | None = None,
     rules: Iterable[str] = tuple(CHAT_RULES),
+    top: list[dict] | None = None,
+    code_block_posts: Callable[[list[int]], list[int]] | None = None,
 ) -> dict[str, list[int]]:
-    """The question ids that break each of ``rules`` (names from CHAT_RULES) in a chat dataset's splits."""
-    rows = [r for split_rows in splits.values() for r in split_rows]
+    """The question ids that break each of ``rules`` (names from CHAT_RULES) in a chat dataset's splits and its
+    ``top`` subset.
+
+    ``raw_html`` gives the raw HTML of suspect pairs (see rows_with_markup); ``code_block_posts`` answers which
+    of the given question ids come from a post with a code block (rule 1 drops those pairs), and is needed
+    for that rule.
+    """
+    top = top or []
+    rows = [r for split_rows in splits.values() for r in split_rows] + top
+
+    def all_messages(row: dict) -> dict:
+        return {"question_id": row["question_id"], "messages": [m["content"] or "" for m in row["messages"]]}
+
+    def code_blocks() -> list[int]:
+        if code_block_posts is None:
+            raise ValueError("chat_no_code_block_posts needs code_block_posts: how to look up the pairs' raw posts")
+        return sorted(set(code_block_posts(sorted({r["question_id"] for r in rows}))))
+
+    train = {r["question_id"] for r in splits.get("train", [])}
     finders: dict[str, Callable[[], list[int]]] = {
-        "chat_roles_alternate": lambda: [q for split_rows in splits.values() for q in bad_roles(split_rows)],
-        "chat_splits_disjoint": lambda: ids_in_two_splits(splits),
-        "chat_rows_licensed": lambda: rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")),
-        "chat_has_no_markup": lambda: rows_with_markup(
-            ({"question_id": r["question_id"], "question": r["messages"][0]["content"],
-              "answer": r["messages"][-1]["content"]} for r in rows),
-            raw_html=raw_html,
-        ),
+        "chat_roles_alternate": lambda: sorted(set(bad_roles(rows))),
+        "chat_splits_disjoint": lambda: sorted(set(ids_in_two_splits(splits)) | ({r["question_id"] for r in top} - train)),
+        "chat_rows_licensed": lambda: sorted(set(
+            rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")))),
+        "chat_has_no_markup": lambda: sorted(set(
+            rows_with_markup(map(all_messages, rows), fields=("messages",), raw_html=raw_html))),
+        "chat_no_code_block_posts": code_blocks,
     }
     return {name: finders[name]() for name in rules}

@@ -16,7 +16,7 @@ from cv_pipeline.curation.dataset import (
 )
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
-from cv_pipeline.defs.curation.raw_pairs import raw_pair_html
+from cv_pipeline.defs.curation.raw_pairs import code_block_questions, raw_pair_html
 from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM, read_partitions_metadata
 from cv_pipeline.defs.metadata import file_hash, image, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
@@ -29,8 +29,8 @@ class CleaningSettings(dg.Config):
         "ascii", description="'ascii' (the report's: ASCII or an HTML entity) or 'unicode'."
     )
     include_title: bool = Field(True, description="Start the question text with its title.")
-    min_question_chars: int = Field(20, description="Drop pairs whose question text is shorter.")
-    min_answer_chars: int = Field(20, description="Drop pairs whose answer text is shorter.")
+    min_question_chars: int = Field(20, ge=0, description="Drop pairs whose question body (title excluded) is shorter.")
+    min_answer_chars: int = Field(20, ge=0, description="Drop pairs whose answer text is shorter.")
 
     def to_cleaning_config(self) -> cleaner.CleaningConfig:
         return cleaner.CleaningConfig(**self.model_dump())
@@ -77,7 +77,7 @@ def cleaned_qa_pairs(
 
 def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
     class DatasetSettings(dg.Config):
-        top_n: int = Field(profile.top_n, description="How many of the highest-voted train pairs form the top subset.")
+        top_n: int = Field(profile.top_n, ge=0, description="How many of the highest-voted train pairs form the top subset.")
         validation_fraction: float = Field(0.05, description="Share of question ids hashed into validation.")
         test_fraction: float = Field(0.05, description="Share of question ids hashed into test.")
 
@@ -119,7 +119,10 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
         # rebuild leaves the last dataset that passed in place (and its data version, so nothing retrains).
         problems = {
             name: bad
-            for name, bad in validate.chat_dataset_problems(ds.splits, raw_html=lambda ids: raw_pair_html(data_dir, ids)).items()
+            for name, bad in validate.chat_dataset_problems(
+                ds.splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), top=ds.top,
+                code_block_posts=lambda ids: code_block_questions(data_dir, ids),
+            ).items()
             if bad
         }
         if problems:

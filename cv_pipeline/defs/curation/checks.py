@@ -8,16 +8,14 @@ to what it built before it replaces the dataset on disk, so a failing rebuild ke
 dataset that passed; the checks judge the files as written (and whatever happens to them later).
 """
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import dagster as dg
 
 from cv_pipeline.curation import validate
-from cv_pipeline.curation.dataset import SPLITS, read_cleaned
+from cv_pipeline.curation.dataset import SPLITS, load_split, read_cleaned
 from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
-from cv_pipeline.defs.curation.raw_pairs import pair_bodies, raw_pair_html, raw_questions
+from cv_pipeline.defs.curation.raw_pairs import code_block_questions, raw_pair_html
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource
 
@@ -58,7 +56,8 @@ _CLEANED_ASSET = cleaned_qa_pairs.key
         dg.AssetCheckSpec("cleaned_has_no_code_block_posts", asset=_CLEANED_ASSET,
                           description="No kept pair comes from a post with a code block."),
         dg.AssetCheckSpec("cleaned_rows_complete", asset=_CLEANED_ASSET,
-                          description="Every pair has a question, an answer and a licence."),
+                          description="Every pair has a question, an answer, both licences, the question's link "
+                                      "and the answer's id."),
         dg.AssetCheckSpec("cleaned_has_pairs", asset=_CLEANED_ASSET,
                           description="The partition holds pairs (a warning only: a rank range past the end of the "
                                       "source, such as the demo's partitions after 10,000 questions, holds none)."),
@@ -86,10 +85,14 @@ def cleaned_qa_pairs_checks(
                 "no markup or notice text",
                 lambda: validate.rows_with_markup(rows, raw_html=lambda ids: raw_pair_html(data_dir, ids, raw)),
             ),
-            "cleaned_has_no_code_block_posts": ("no pair from a <pre> post", lambda: _code_block_pairs(data_dir, rows, raw)),
+            "cleaned_has_no_code_block_posts": (
+                "no pair from a <pre> post",
+                lambda: code_block_questions(data_dir, [r["question_id"] for r in rows], raw),
+            ),
             "cleaned_rows_complete": (
-                "non-empty, licensed",
-                lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(rows))),
+                "non-empty, licensed, linked",
+                lambda: sorted(set(validate.rows_with_empty_text(rows) + validate.rows_without_attribution(
+                    rows, ("license", "answer_license", "link", "answer_id")))),
             ),
         },
         {"partition": judged},
@@ -102,25 +105,14 @@ def cleaned_qa_pairs_checks(
         )
 
 
-def _code_block_pairs(data_dir: DataDirResource, rows: list[dict], raw: list[Path] | None = None) -> list[int]:
-    """Kept pairs whose raw question or top answer has a <pre> code block."""
-    from cv_pipeline.curation.cleaner import has_code_block
-
-    kept = {r["question_id"] for r in rows}
-    return [
-        q.question_id
-        for q in raw_questions(data_dir, raw)
-        if q.question_id in kept and any(has_code_block(body) for body in pair_bodies(q))
-    ]
-
-
 # ---------------------------------------------------------------------------------------------
 # chat_dataset (blocking)
 
 
-def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
+def _parts(data_dir: DataDirResource) -> tuple[dict[str, list[dict]], list[dict]]:
+    """The splits and the top subset as training reads them (the Hugging Face copy)."""
     root = data_dir.published("chat_dataset")
-    return {s: [json.loads(line) for line in (root / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in SPLITS}
+    return {s: load_split(root, s).to_list() for s in SPLITS}, load_split(root, "top_10k").to_list()
 
 
 @dg.multi_asset_check(
@@ -133,6 +125,8 @@ def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
                           description="Every row carries the question's and the answer's licence and link."),
         dg.AssetCheckSpec("chat_has_no_markup", asset=chat_dataset, blocking=True,
                           description="No HTML or notice text in any message."),
+        dg.AssetCheckSpec("chat_no_code_block_posts", asset=chat_dataset, blocking=True,
+                          description="No pair comes from a post with a code block (rule 1)."),
     ],
     can_subset=True,
     name="chat_dataset_checks",
@@ -141,9 +135,12 @@ def _splits(data_dir: DataDirResource) -> dict[str, list[dict]]:
 def chat_dataset_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
-    splits = _splits(data_dir)  # read once for all checks
+    splits, top = _parts(data_dir)  # read once for all checks
     selected = [name for name in validate.CHAT_RULES if dg.AssetCheckKey(chat_dataset, name) in context.selected_asset_check_keys]
-    problems = validate.chat_dataset_problems(splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected)
+    problems = validate.chat_dataset_problems(
+        splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected, top=top,
+        code_block_posts=lambda ids: code_block_questions(data_dir, ids),
+    )
     for name, bad in problems.items():
         yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name])
 

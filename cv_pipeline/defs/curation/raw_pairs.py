@@ -34,3 +34,20 @@ def raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[
         for q in raw_questions(data_dir, raw)
         if q.question_id in wanted
     }
+
+
+def code_block_questions(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> list[int]:
+    """Of ``question_ids``, those whose pair comes from a post with a <pre> code block (rule 1 drops such pairs).
+
+    A question collected twice (in two partitions, edited in between) counts only when every copy has one:
+    a kept pair may come from the copy without. A question whose raw batch is gone cannot be judged and is
+    not listed.
+    """
+    from cv_pipeline.curation.cleaner import has_code_block
+
+    wanted = set(question_ids)
+    code: dict[int, bool] = {}
+    for q in raw_questions(data_dir, raw):
+        if q.question_id in wanted:
+            code[q.question_id] = code.get(q.question_id, True) and any(map(has_code_block, pair_bodies(q)))
+    return sorted(qid for qid, has in code.items() if has)
