@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cv_pipeline.curation.validate import CHAT_RULES
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.project import build_definitions
 from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
@@ -70,7 +71,7 @@ def test_opted_in_adapters_retrain_only_when_the_data_version_changes(tmp_path):
         run_config = {"ops": {"chat_dataset": {"config": {"top_n": top_n}}}}
         result = dg.materialize([*defs.assets, *defs.asset_checks], selection=[CHAT], resources=defs.resources,
                                 instance=instance, run_config=run_config)
-        assert result.success and len(result.get_asset_check_evaluations()) == 4
+        assert result.success and len(result.get_asset_check_evaluations()) == len(CHAT_RULES)
 
     def requested(cursor):
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*ADAPTERS), cursor=cursor)

@@ -568,3 +568,45 @@ def test_a_negative_count_in_the_launchpad_is_refused_naming_the_field(tmp_path,
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert field in str(failure.event_specific_data.error) and "greater than or equal to 0" in str(failure.event_specific_data.error)
     assert not any(tmp_path.rglob("*.parquet")) and not (tmp_path / "chat_dataset").exists()
+
+
+def test_the_blocking_checks_judge_the_copy_training_loads_and_the_jsonl(tmp_path):
+    """Training reads the Hugging Face copy, people the JSONL: a row broken in either one fails the check, which
+    names the copy; the top subset is judged too."""
+    import shutil
+
+    import dagster as dg
+    import datasets
+
+    from cv_pipeline.defs.curation.checks import chat_dataset_checks
+    from cv_pipeline.defs.resources import DataDirResource
+
+    out = tmp_path / "chat_dataset"
+    save_chat_dataset(build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=10), out)
+    resources = {"data_dir": DataDirResource(path=str(tmp_path))}
+
+    def verdicts() -> dict[str, tuple[bool, list]]:
+        result = dg.materialize([chat_dataset_checks], resources=resources, raise_on_error=False,
+                                selection=dg.AssetSelection.checks_for_assets("chat_dataset"))
+        found = {e.check_name: (e.passed, e.metadata["copies_failing"].value) for e in result.get_asset_check_evaluations()}
+        assert set(found) == set(validate.CHAT_RULES)
+        return found
+
+    assert all(passed for passed, _ in verdicts().values())
+    hf = datasets.load_from_disk(str(out / "hf"))
+    top = hf["top_10k"].to_list()
+    top[0]["messages"][1]["content"] = "See <div>the table</div>."
+    hf["top_10k"] = datasets.Dataset.from_list(top, features=hf["top_10k"].features)
+    hf.save_to_disk(str(tmp_path / "hf_new"))
+    del hf
+    shutil.rmtree(out / "hf")
+    (tmp_path / "hf_new").rename(out / "hf")
+    found = verdicts()
+    assert found["chat_has_no_markup"] == (False, ["hf"])
+    assert all(passed for name, (passed, _) in found.items() if name != "chat_has_no_markup")
+
+    lines = (out / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[0])
+    row["messages"] = row["messages"][:1]
+    (out / "train.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n", encoding="utf-8")
+    assert verdicts()["chat_roles_alternate"] == (False, ["jsonl"])

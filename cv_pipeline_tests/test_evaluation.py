@@ -528,7 +528,7 @@ def test_stream_answer_rejects_empty_question(tmp_path: Path) -> None:
 def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
     from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
 
-    cfg = EvalConfig(n_loss_examples=6, n_generation_examples=6, max_new_tokens=16, batch_size=3, seed=1, max_length=256)
+    cfg = EvalConfig(n_loss_examples=6, n_generation_examples=4, max_new_tokens=16, batch_size=3, seed=1, max_length=256)
     curves = {"all_pairs": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}
     out = tmp_path / "eval"
     results = evaluate_models(smol_base, {"all_pairs": smol_adapter}, ROWS, REPORT_PROMPTS, cfg, out,
@@ -537,10 +537,16 @@ def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, sm
     assert list(results["models"]) == ["base", "all_pairs"]
     for name, m in results["models"].items():
         assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
-        assert m["n"] == 6 and m["n_loss_examples"] == 6
+        assert m["n"] == 4 and m["n_loss_examples"] == 6
         assert 0.0 <= m["rouge_l"]["mean"] <= 1.0 and -1.0 <= m["embedding_cosine"]["mean"] <= 1.0
         scores = [e["rouge_l"] for e in results["per_example"] if e["model"] == name]
         assert m["rouge_l"]["mean"] == pytest.approx(np.mean(scores))
+        # The answered questions are among the rows scored by loss: each answer has its row's loss beside it.
+        losses = {e["question_id"]: e["loss"] for e in m["loss_per_example"]}
+        answered = [e for e in results["per_example"] if e["model"] == name]
+        assert all(e["loss"] is not None and e["loss"] == losses[e["question_id"]] for e in answered)
+    # The fixture's adapter was built without training, so it records no training questions: said, not guessed.
+    assert results["excluded_trained_rows"] == 0 and results["adapters_without_record"] == ["all_pairs"]
     assert results["models"]["base"]["loss"] != pytest.approx(results["models"]["all_pairs"]["loss"])
     assert [p["prompt"] for p in results["prompts"]] == list(REPORT_PROMPTS)
     assert all(set(p["answers"]) == {"base", "all_pairs"} for p in results["prompts"])
@@ -564,9 +570,39 @@ def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, sm
     assert "![heldout_loss](heldout_loss.png)" in md
     page = files["report_html"].read_text()
     assert page.count("data:image/png;base64,") == 4
+    # The page says what was measured, as report.md does: how many rows and tokens, how answers were made.
+    tokens = results["models"]["base"]["n_loss_tokens"]
+    assert "<th>loss rows / tokens</th>" in page and f"<td>6 / {tokens}</td>" in page and f"| 6 / {tokens} |" in md
+    for said in ("loss on up to 6", "answers generated for up to 4", "greedy decoding, cut at 16 new tokens",
+                 "answer&#x27;s tokens only", "bootstrap 95%", "Not checked against what they trained on"):
+        assert said in page, said
+    assert "answers generated for up to 4" in md
     assert "src=\"heldout_loss.png\"" not in page  # self-contained: nothing loaded from beside it
     assert f"{results['models']['all_pairs']['loss']:.4f}" in page
 
+
+
+def test_test_rows_an_adapter_trained_on_are_left_out_for_every_model(tmp_path: Path) -> None:
+    """A dataset rebuilt with another test fraction (or a question text that moved with a copy under another id)
+    can put questions an adapter learnt into the test split: they are left out, and the report says so."""
+    from cv_pipeline.atomic import write_json
+    from cv_pipeline.evaluation.evaluator import held_out_rows
+    from cv_pipeline.training.turns import TRAINED_QUESTIONS_FILE, trained_questions_record
+
+    rows = [{"question_id": q, "messages": [{"role": "user", "content": f"Question {q} about variance?"},
+                                            {"role": "assistant", "content": f"Answer {q}."}]} for q in range(10)]
+    first, second, old = tmp_path / "first", tmp_path / "second", tmp_path / "old"
+    for d in (first, second, old):
+        d.mkdir()
+    write_json(first / TRAINED_QUESTIONS_FILE, trained_questions_record([rows[2]["messages"], rows[5]["messages"]]))
+    moved = [{"role": "user", "content": "  Question 7 about variance?\n"}, {"role": "assistant", "content": "x"}]
+    write_json(second / TRAINED_QUESTIONS_FILE, trained_questions_record([moved]))  # same text, another id
+    kept, info = held_out_rows(rows, {"all_pairs": first, "top_10k": second, "older": old})
+    assert [r["question_id"] for r in kept] == [0, 1, 3, 4, 6, 8, 9]
+    assert info == {"excluded_trained_rows": 3, "adapters_without_record": ["older"]}
+    write_json(second / TRAINED_QUESTIONS_FILE, trained_questions_record([r["messages"] for r in rows]))
+    with pytest.raises(ValueError, match="every one of the 10 test rows .* retrain the adapters"):
+        held_out_rows(rows, {"top_10k": second})
 
 
 @pytest.mark.parametrize(

@@ -501,7 +501,7 @@ def test_a_blocking_check_that_raised_counts_as_failed_for_a_later_adapter_run(t
     def crash(_data_dir):
         raise OSError("the dataset folder vanished")
 
-    monkeypatch.setattr(checks, "_splits", crash)
+    monkeypatch.setattr(checks, "_copies", crash)
     result = dg.materialize([*defs.assets, *defs.asset_checks], selection=["chat_dataset"], resources=defs.resources,
                             instance=instance, raise_on_error=False)
     assert not result.success and result.get_asset_materialization_events()
@@ -572,7 +572,7 @@ def test_a_verdict_on_the_dataset_on_disk_survives_a_later_rebuild_refused_by_it
     assert not retrain_requested()
 
     assert build().success  # rebuilt from the good cleaned data: accepted again
-    monkeypatch.setattr(checks, "_splits", lambda _data_dir: (_ for _ in ()).throw(OSError("the folder vanished")))
+    monkeypatch.setattr(checks, "_copies", lambda _data_dir: (_ for _ in ()).throw(OSError("the folder vanished")))
     crashed = execute_checks()
     assert not crashed.success and not crashed.get_asset_check_evaluations()
     assert checks.failed_dataset_checks(instance) == sorted(spec.key.name for spec in checks.chat_dataset_checks.check_specs)

