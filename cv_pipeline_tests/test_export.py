@@ -206,6 +206,23 @@ def test_render_modelfile_table(chat_format, adapter, must_have: list[str], must
         assert needle not in text
 
 
+@pytest.mark.parametrize("inserted, asked, expected", [
+    ("You are SmolLM.", None, "You are SmolLM."),  # what the template put in every training prompt
+    (None, None, None),  # a template that inserts no system block: the Modelfile adds none either
+    (None, "Answer briefly.", "Answer briefly."),
+])
+def test_the_modelfile_system_is_what_training_prompts_held(inserted: str | None, asked: str | None,
+                                                            expected: str | None) -> None:
+    def render(messages, tokenize, add_generation_prompt):
+        system = f"<|im_start|>system\n{inserted}<|im_end|>\n" if inserted else ""
+        return system + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+    tok = SimpleNamespace(apply_chat_template=render)
+    assert export.modelfile_system(tok, "chatml", asked) == expected
+    modelfile = export.render_modelfile("base", "./adapter", "chatml", export.modelfile_system(tok, "chatml", asked))
+    assert ("SYSTEM" in modelfile) is (expected is not None)
+
+
 def test_modelfile_refuses_triple_quotes_in_system() -> None:
     with pytest.raises(ValueError, match='must not contain """'):
         export.render_modelfile("/m", None, "chatml", 'a """ b')
