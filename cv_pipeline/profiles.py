@@ -48,7 +48,7 @@ class Profile(BaseModel):
     eval_loss_examples: int = Field(200, description="Held-out pairs scored by teacher-forced loss.")
     eval_generation_examples: int = Field(50, description="Held-out questions answered and scored.")
     eval_max_new_tokens: int = Field(256, description="Length cap of generated answers.")
-    eval_max_length: int = Field(1024, description="Token cap per scored chat (question + answer).")
+    eval_max_length: int = Field(1024, description="Token cap per chat in the evaluation (scored or answered).")
     auto_retrain: bool = Field(
         False, description="Retrain adapters automatically when the chat dataset's data version changes (opt-in)."
     )

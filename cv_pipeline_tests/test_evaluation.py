@@ -525,14 +525,20 @@ def test_stream_answer_rejects_empty_question(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, smol_adapter: Path, tmp_path: Path) -> None:
+def test_evaluate_models_end_to_end_writes_consistent_report(smol_base: Path, smol_adapter: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    from cv_pipeline.evaluation import evaluator
     from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, EvalConfig, evaluate_models
 
     cfg = EvalConfig(n_loss_examples=6, n_generation_examples=4, max_new_tokens=16, batch_size=3, seed=1, max_length=256)
     curves = {"all_pairs": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}
     out = tmp_path / "eval"
+    caps = []
+    generate = evaluator.generate_answers
+    monkeypatch.setattr(evaluator, "generate_answers", lambda *a: caps.append(a[5]) or generate(*a))
     results = evaluate_models(smol_base, {"all_pairs": smol_adapter}, ROWS, REPORT_PROMPTS, cfg, out,
                               device="cpu", training_curves=curves)
+    assert set(caps) == {256 - 16}  # a prompt and its answer within max_length, like a scored chat
 
     assert list(results["models"]) == ["base", "all_pairs"]
     for name, m in results["models"].items():

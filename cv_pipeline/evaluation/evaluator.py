@@ -48,7 +48,11 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="Cap on generated tokens per answer (the demo uses ~48).")
     batch_size: int = Field(4, ge=1, description="Sequences per forward pass / generate call.")
     seed: int = Field(0, description="Seed for choosing the scored rows and for the bootstrap intervals.")
-    max_length: int = Field(1024, ge=16, description="Token cap per scored chat (prompt + answer).")
+    max_length: int = Field(
+        1024, ge=16,
+        description="Token cap per chat: question + answer when scored by loss, prompt + generated answer when "
+        "answering (a longer question is shortened, its template kept).",
+    )
     merge_adapters: MergeMode = Field(
         "auto",
         description=(
@@ -604,6 +608,7 @@ def evaluate_models(
             "earlier version): the test rows cannot be checked against what they trained on; retrain them to check"
         )
     loss_rows, gen_rows = _samples(test_rows, (cfg.n_loss_examples, cfg.n_generation_examples), cfg.seed)
+    prompt_cap = max(cfg.max_length - cfg.max_new_tokens, 16)  # a prompt and its answer within max_length, as scored chats
     gen_pairs = [_question_and_answer(r) for r in gen_rows]
     questions = [q for q, _ in gen_pairs]
     references = [a for _, a in gen_pairs]
@@ -646,8 +651,8 @@ def evaluate_models(
             model.eval()
         log.info(f"evaluating {label}: loss on {len(loss_rows)} rows, answers to {len(gen_rows)} questions")
         loss = teacher_forced_loss(model, tok, loss_rows, cfg.max_length, cfg.batch_size)
-        answers = generate_answers(model, tok, questions, cfg.max_new_tokens, cfg.batch_size)
-        prompt_answers = generate_answers(model, tok, list(prompts), cfg.max_new_tokens, cfg.batch_size)
+        answers = generate_answers(model, tok, questions, cfg.max_new_tokens, cfg.batch_size, prompt_cap)
+        prompt_answers = generate_answers(model, tok, list(prompts), cfg.max_new_tokens, cfg.batch_size, prompt_cap)
         vecs = embedder.encode(answers)
         rouge = [metrics.rouge_l(a, r) for a, r in zip(answers, references, strict=True)]
         cos = [float(np.dot(v, w)) for v, w in zip(vecs, ref_vecs, strict=True)]  # both unit vectors

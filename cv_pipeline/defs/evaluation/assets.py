@@ -22,7 +22,8 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         n_generation_examples: int = Field(profile.eval_generation_examples, description="Held-out questions answered and scored.")
         max_new_tokens: int = Field(profile.eval_max_new_tokens, description="Length cap of generated answers.")
         batch_size: int = Field(8, description="Sequences per forward pass.")
-        max_length: int = Field(profile.eval_max_length, description="Token cap per scored chat (question + answer).")
+        max_length: int = Field(profile.eval_max_length, description="Token cap per chat: question + answer when scored "
+                                "by loss, prompt + generated answer when answering (a longer question is shortened).")
         seed: int = Field(0, description="Seed of the held-out sample.")
         merge_adapters: MergeMode = Field(
             "auto",
