@@ -593,7 +593,7 @@ def test_test_rows_an_adapter_trained_on_are_left_out_for_every_model(tmp_path: 
     can put questions an adapter learnt into the test split: they are left out, and the report says so."""
     from cv_pipeline.atomic import write_json
     from cv_pipeline.evaluation.evaluator import held_out_rows
-    from cv_pipeline.training.turns import TRAINED_QUESTIONS_FILE, trained_questions_record
+    from cv_pipeline.training.records import TRAINED_QUESTIONS_FILE, trained_questions_record
 
     rows = [{"question_id": q, "messages": [{"role": "user", "content": f"Question {q} about variance?"},
                                             {"role": "assistant", "content": f"Answer {q}."}]} for q in range(10)]

@@ -294,6 +294,10 @@ def test_export_files_modelfile_and_gguf_adapter(fp32_export: export.ExportResul
     assert 'TEMPLATE """' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
     assert res.modelfile_merged.read_text().startswith("FROM ./merged\n")
+    from cv_pipeline.training.records import adapter_version
+
+    record = json.loads((res.out_dir / "export.json").read_text())
+    assert record["adapter_version"] == adapter_version(smol_adapter) and record["evaluated"] is None
     assert "ADAPTER" not in res.modelfile_merged.read_text()
 
     assert res.gguf_adapter is not None and res.gguf_adapter.is_file()

@@ -68,16 +68,24 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
     ev = _md(rest, "adapter_evaluation")
     assert ev["loss/base"] == pytest.approx(metrics["models"]["base"]["loss"], abs=1e-4)
     assert (data / "evaluation" / "report.html").stat().st_size > 10_000  # plots embedded
+    # Trained on this dataset, so no test row is a question the adapters learnt; each records what it learnt.
+    assert metrics["excluded_trained_rows"] == 0 and metrics["adapters_without_record"] == []
+    exports = _md(rest, "adapter_exports")
     for name in ("all_pairs", "top_10k"):
         modelfile = (data / "exports" / name / "Modelfile").read_text()
         assert "FROM" in modelfile and "ADAPTER" in modelfile
+        assert (data / "adapters" / name / "adapter" / "trained_questions.json").is_file()
+        # the export is of the adapter the report measured
+        exported = json.loads((data / "exports" / name / "export.json").read_text())
+        assert exported["adapter_version"] == metrics["adapter_versions"][name] and exported["evaluated"] is True
+        assert exports[f"{name}/evaluated"] is True
 
 
 def test_retraining_with_other_settings_marks_evaluation_and_exports_stale(pipeline):
     """Run config is not part of what Dagster hashes: the adapter's data version is its weights', so an
     adapter retrained at another learning rate makes what was measured and exported from it stale."""
     from cv_pipeline.defs.operations.automation import _latest_version as latest_data_version
-    from cv_pipeline.defs.training.assets import adapter_version
+    from cv_pipeline.training.records import adapter_version
 
     defs, instance, data, *_ = pipeline
     everything = [*defs.assets, *defs.asset_checks]
@@ -99,6 +107,13 @@ def test_retraining_with_other_settings_marks_evaluation_and_exports_stale(pipel
     causes = resolver.get_stale_causes(dg.AssetKey("adapter_exports"))  # direct ones, not through the evaluation
     assert any(c.dependency_asset_key == key and "new dependency data version" in c.reason for c in causes), causes
     assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
+
+    # Exported before it is measured again: the export says so, and which adapter it holds.
+    exported = dg.materialize(everything, selection=["adapter_exports"], resources=defs.resources, instance=instance)
+    assert _md(exported, "adapter_exports")["top_10k/evaluated"] is False
+    assert _md(exported, "adapter_exports")["all_pairs/evaluated"] is True
+    record = json.loads((data / "exports" / "top_10k" / "export.json").read_text())
+    assert record["evaluated"] is False and record["adapter_version"] == after
 
 
 def test_a_cleaning_change_marks_cleaning_stale_and_leaves_raw_batches_fresh(pipeline, monkeypatch):
@@ -139,6 +154,13 @@ def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipe
     resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
     assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
     assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
+
+    # Exported before it is measured again: the export says so, and which adapter it holds.
+    exported = dg.materialize(everything, selection=["adapter_exports"], resources=defs.resources, instance=instance)
+    assert _md(exported, "adapter_exports")["top_10k/evaluated"] is False
+    assert _md(exported, "adapter_exports")["all_pairs/evaluated"] is True
+    record = json.loads((data / "exports" / "top_10k" / "export.json").read_text())
+    assert record["evaluated"] is False and record["adapter_version"] == after
 
     # a real change of the data (a different top-N subset) does
     dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": {"config": {"top_n": 50}}}})

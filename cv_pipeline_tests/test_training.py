@@ -583,7 +583,7 @@ def test_adapter_loads_with_peft_and_changes_the_logits(base_dir, tokenizer, tra
     assert summary["steps"] == 12 and summary["hparams"]["max_seq_length"] == 64
     # Which questions it learnt, for an evaluation on a dataset rebuilt since (see test_evaluation)
     from cv_pipeline.evaluation.evaluator import trained_questions
-    from cv_pipeline.training.turns import question_fingerprint
+    from cv_pipeline.training.records import question_fingerprint
 
     assert trained_questions(adapter) == {question_fingerprint(c["messages"][0]["content"]) for c in chats(8)}
     assert (result.steps, result.resumed_from_step) == (12, 0) and result.train_tokens > 0

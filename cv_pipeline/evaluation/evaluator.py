@@ -19,7 +19,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from cv_pipeline.evaluation import MergeMode, metrics
-from cv_pipeline.training.turns import END_OF_TURN_TOKENS, TRAINED_QUESTIONS_FILE, question_fingerprint, turn_end_ids
+from cv_pipeline.training.records import TRAINED_QUESTIONS_FILE, adapter_version, question_fingerprint
+from cv_pipeline.training.turns import END_OF_TURN_TOKENS, turn_end_ids
 
 REPORT_PROMPTS: tuple[str, ...] = (
     "What is the gaussian formula and all of its parameters?",
@@ -623,6 +624,7 @@ def evaluate_models(
         "config": cfg.model_dump(),
         "base_model": str(base_dir),
         "adapters": {k: str(v) for k, v in adapters.items()},
+        "adapter_versions": {k: adapter_version(v) for k, v in adapters.items()},
         "device": str(next(model.parameters()).device),
         "adapters_merged": merge,
         "n_test_rows": len(test_rows),

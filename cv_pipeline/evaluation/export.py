@@ -25,6 +25,7 @@ import torch
 
 from cv_pipeline import atomic
 from cv_pipeline.evaluation.evaluator import check_adapter_base, merged_model
+from cv_pipeline.training.records import adapter_version
 
 
 # Ollama Go templates for the two chat formats we train on. ``{{-`` trims the newline before it,
@@ -222,8 +223,12 @@ def export_adapter(
     temperature: float = 0.7,
     num_ctx: int = 2048,
     write_gguf: bool = True,
+    evaluated: bool | None = None,
 ) -> ExportResult:
     """Export ``adapter_dir`` (trained on ``base_dir``) into ``out_dir``.
+
+    ``export.json`` records the adapter's version (see ``records.adapter_version``) and ``evaluated``:
+    whether the evaluation report measured this very adapter (None: not known to the caller).
 
     ``ollama_from`` is the Modelfile's FROM: by default the base folder's absolute path (Ollama
     imports a safetensors folder); pass an Ollama model name instead (e.g. ``llama3.2:3b``) only
@@ -260,7 +265,8 @@ def export_adapter(
         atomic.write_text(tmp / "Modelfile.merged", render_modelfile("./merged", None, fmt, system, **common))
         atomic.write_text(tmp / "README.md", _readme(model_name, from_ref, gguf_path is not None))
         atomic.write_json(tmp / "export.json", {"model_name": model_name, "base_model": str(base_dir),
-                                                "adapter": str(adapter_dir), "dtype": dtype, "chat_format": fmt,
+                                                "adapter": str(adapter_dir), "adapter_version": adapter_version(adapter_dir),
+                                                "evaluated": evaluated, "dtype": dtype, "chat_format": fmt,
                                                 "notes": notes})
     return ExportResult(out, out / "merged", out / "adapter", out / "Modelfile", out / "Modelfile.merged",
                         gguf_path, fmt, notes)

@@ -36,7 +36,8 @@ from cv_pipeline.atomic import atomic_dir, settled_dir, write_json
 from cv_pipeline.training.base_model import validate_model_dir
 from cv_pipeline.training.config import TRAINING_VERSION, LoraHyperparams, TrainingHyperparams
 from cv_pipeline.training.device import DeviceInfo
-from cv_pipeline.training.turns import TRAINED_QUESTIONS_FILE, trained_questions_record, turn_end_ids
+from cv_pipeline.training.records import TRAINED_QUESTIONS_FILE, trained_questions_record
+from cv_pipeline.training.turns import turn_end_ids
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 SUMMARY_FILE = "training_summary.json"

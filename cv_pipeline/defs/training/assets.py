@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from cv_pipeline.defs.metadata import file_hash, image
+from cv_pipeline.defs.metadata import image
 from cv_pipeline.defs.operations.automation import RETRAIN_ON_NEW_DATA
 from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 from cv_pipeline.defs.operations.k8s import CPU_STEP, GPU_STEP
@@ -13,6 +13,7 @@ from cv_pipeline.defs.resources import DataDirResource, GPUResource
 from cv_pipeline.defs.training.settings import training_settings_for
 from cv_pipeline.profiles import Profile
 from cv_pipeline.training.config import ADAPTER_SPECS, TRAINING_VERSION, AdapterSpec
+from cv_pipeline.training.records import adapter_version
 
 TRAINING_CODE_VERSION = TRAINING_VERSION
 
@@ -114,14 +115,6 @@ def _profile_note(spec: AdapterSpec, profile: Profile) -> str:
     if profile.max_steps:
         notes.append(f"training stops after {profile.max_steps} optimizer steps")
     return f" Profile {profile.name}: {'; '.join(notes)}." if notes else ""
-
-
-def adapter_version(adapter_dir: Path) -> str:
-    """An adapter's data version: the hash of its weights and LoRA config, so that retraining with other
-    settings (which Dagster does not see in code version or inputs) marks evaluation and exports stale,
-    and a run that keeps its published adapter changes nothing downstream."""
-    parts = [file_hash(adapter_dir / name) for name in ("adapter_config.json", "adapter_model.safetensors")]
-    return "-".join(parts)
 
 
 def _training_metadata(result, out_dir: Path) -> dict:
