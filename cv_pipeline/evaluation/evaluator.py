@@ -415,7 +415,8 @@ def teacher_forced_loss(
             attention[i, : len(ids)] = 1
             labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        # Position t predicts token t+1; compute in float32 so bf16 logits don't bias the loss.
+        # Position t predicts token t+1. The softmax and its sums run in float32 (a bf16 model's logits are
+        # already rounded: this avoids adding bf16 accumulation error, not that rounding).
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:].to(device)
         token_loss = torch.nn.functional.cross_entropy(

@@ -128,8 +128,8 @@ def _intro(results: Mapping[str, Any]) -> list[str]:
         f"of those (greedy decoding, cut at {cfg.get('max_new_tokens', '?')} new tokens, so long answers end "
         f"mid-sentence). {merged}",
         "Loss and perplexity are over the answer's tokens only, up to its end of turn, as training learns them "
-        "(token-weighted over the rows). ROUGE-L and the cosine of all-MiniLM-L6-v2 embeddings compare each "
-        "generated answer with the top-voted answer. Intervals are bootstrap 95% confidence intervals of the mean.",
+        "(token-weighted over the rows). ROUGE-L and the cosine of all-MiniLM-L6-v2 embeddings (of each text's first "
+        "256 word pieces) compare each generated answer with the top-voted answer. Intervals are bootstrap 95% confidence intervals of the mean.",
     ]
     if results.get("excluded_trained_rows"):
         paragraphs.append(

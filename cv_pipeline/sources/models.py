@@ -78,7 +78,11 @@ class RawBatch(BaseModel):
 
 
 def pick_top_answer(answers: list[RawAnswer]) -> RawAnswer | None:
-    """Highest score wins; ties go to the accepted answer, then to the oldest (lowest id)."""
+    """Highest score wins; ties go to the accepted answer, then to the oldest (lowest id).
+
+    Which answer is cleaned depends on this: a change here changes the cleaned pairs, so bump
+    `curation.cleaner.CLEANER_VERSION` with it (that marks cleaned_qa_pairs and what follows stale).
+    """
     if not answers:
         return None
     return max(answers, key=lambda a: (a.score, a.is_accepted, -a.answer_id))
