@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import dagster as dg
 
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from cv_pipeline.training.records import file_hash  # noqa: F401  (a data version, used by the assets from here)
 
 
 def md_table(rows: list[dict], columns: list[str], max_chars: int = 80) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 TRAINED_QUESTIONS_FILE = "trained_questions.json"
 
 
-def _file_hash(path: Path) -> str:
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256 (a data version, here and in the Dagster assets)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -27,7 +28,7 @@ def adapter_version(adapter_dir: Path | str) -> str:
     """An adapter's version: the hash of its weights and LoRA config, so that retraining with other settings
     (which Dagster sees neither in code version nor in inputs) marks evaluation and exports stale, a run that
     keeps its published adapter changes nothing downstream, and an export can be matched to its evaluation."""
-    return "-".join(_file_hash(Path(adapter_dir) / name) for name in ("adapter_config.json", "adapter_model.safetensors"))
+    return "-".join(file_hash(Path(adapter_dir) / name) for name in ("adapter_config.json", "adapter_model.safetensors"))
 
 
 def question_fingerprint(question: str) -> str:
