@@ -177,6 +177,63 @@ def test_chat_dataset_problems_finds_each_rules_rows_and_only_the_rules_asked():
         validate.chat_dataset_problems(splits, rules=["chat_no_code_block_posts"])
 
 
+def test_data_version_changes_with_content_only():
+    rows = [pair(q, q) for q in range(1, 100)]
+    a = build_chat_dataset(rows, top_n=10).data_version
+    assert build_chat_dataset(list(reversed(rows)), top_n=10).data_version == a
+    changed = [dict(r) for r in rows]
+    changed[3]["answer"] += " (edited)"
+    assert build_chat_dataset(changed, top_n=10).data_version != a
+
+
+def test_saved_dataset_loads_back_with_every_split(tmp_path):
+    ds = build_chat_dataset([pair(q, q) for q in range(1, 200)], top_n=25)
+    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
+    for split in ("train", "validation", "test", "top_10k"):
+        loaded = load_split(out, split)
+        expected = ds.top if split == "top_10k" else ds.splits[split]
+        assert len(loaded) == len(expected)
+        jsonl = [json.loads(line) for line in open(out / f"{split}.jsonl")]
+        assert [r["question_id"] for r in jsonl] == [r["question_id"] for r in expected]
+    assert loaded[0]["messages"][0]["role"] == "user"
+    assert (out / "README.md").read_text().count("CC BY-SA") >= 1
+    assert (out / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(KeyError, match="no split 'dev'"):
+        load_split(out, "dev")
+
+
+def test_empty_splits_are_saved_loadable(tmp_path):
+    """A zero fraction (or a corpus too small to reach a split) leaves splits empty; every split, the
+    empty ones included, must still load back with the chat features."""
+    ds = build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=0, fractions=SplitFractions(validation=0.0))
+    assert not ds.splits["validation"] and not ds.top and ds.splits["train"]
+    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
+    for split in ("train", "validation", "test", "top_10k"):
+        loaded = load_split(out, split)
+        assert len(loaded) == len(ds.top if split == "top_10k" else ds.splits[split])
+        assert set(loaded.features) >= {"question_id", "messages", "license"}
+
+def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialise chat_dataset"):
+        load_split(tmp_path / "nowhere", "train")
+
+
+def test_empty_splits_are_saved_loadable(tmp_path):
+    """A zero fraction (or a corpus too small to reach a split) leaves splits empty; every split, the
+    empty ones included, must still load back with the chat features."""
+    ds = build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=0, fractions=SplitFractions(validation=0.0))
+    assert not ds.splits["validation"] and not ds.top and ds.splits["train"]
+    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
+    for split in ("train", "validation", "test", "top_10k"):
+        loaded = load_split(out, split)
+        assert len(loaded) == len(ds.top if split == "top_10k" else ds.splits[split])
+        assert set(loaded.features) >= {"question_id", "messages", "license"}
+
+def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialise chat_dataset"):
+        load_split(tmp_path / "nowhere", "train")
+
+
 @pytest.mark.parametrize(
     "text, has_markup",
     [
@@ -209,8 +266,12 @@ def test_chat_dataset_problems_finds_each_rules_rows_and_only_the_rules_asked():
         ("Possible Duplicates:\nA\nB", True),
         ("Locked. This question and its answers are locked because the question is off-topic", True),
         ("Locked. Comments on this question have been disabled", True),
-        ("Migrated. This question was migrated from Stack Overflow", True),
-        ("Title\n\nThis question was migrated from Mathematics Stack Exchange", True),
+        ("Migrated. This question was migrated from Stack Overflow because it can be answered on Cross Validated.", True),
+        ("Title\n\nThis question was migrated from Mathematics Stack Exchange because it can be answered on Cross "
+         "Validated.", True),
+        # an author's own words that begin like a page notice
+        ("This question was migrated from math.SE, where nobody answered it.", False),
+        ("Locked. This door stays locked: the key is in the prior.", False),
         ("Want to improve this post? Add citations from reputable sources", True),
         ("A possible duplicate: see the earlier thread", False),
     ],
@@ -234,10 +295,20 @@ def test_markup_detector(text, has_markup):
         # no <p>, "a&lt;b" or "&lt;blockquote" no <b>
         ("left <p>over when $n<p$", "<p>left</p><p>over when $n&lt;p$</p>", True),
         ("Use <b>, not <b>", "<p>Use <code>&lt;b&gt;</code>, not</p><b></b>", True),
-        ("Use <b>x</b>", "<p>Use a&lt;b and &lt;blockquote</p>", True),
+        ("Use <b>x</b>", "<p>Use &lt;blockquote and a&lt;bb</p>", True),
         ("Use <b>x</b>", "<p>Use <code>&lt;b&gt;x&lt;/b&gt;</code></p>", False),
         ("Use <P> or <p >", "<p>Use <code>&LT;P&GT;</code> or <code>&#x3C;p &gt;</code></p>", False),
         ("A <b> in fullwidth", "<p>A \uff1cb\uff1e in fullwidth</p>", False),  # the ASCII mode maps it to "<b>"
+        # "n<p" where markup follows in the HTML: the end of a paragraph, of the title
+        ("OLS when n<p\n\nI know what happens when n>p.", "OLS when n&lt;p<p>I know what happens when n&gt;p.</p>", False),
+        ("i.e. n<p\n\nand when n>p?", "<p>i.e. n&lt;p</p><p>and when n&gt;p?</p>", False),
+        # MathJax, with the raw HTML of this row not found: math is text, and only math holds tag-like text
+        ("$0<p \\le 1$ and $n>0$", None, False),
+        ("$0<p$ then <div>x</div>", None, True),
+        # the duplicate notice in the author's own words (not in a quote) is the author's; quoted, it is the notice
+        ("Possible Duplicate: see below.", "<p>Possible Duplicate: see below.</p>", False),
+        ("Possible Duplicate:\nOther question", "<blockquote><p><strong>Possible Duplicate:</strong><br>"
+         "<a href='/q/1'>Other question</a></p></blockquote><p>Body</p>", True),
     ],
 )
 def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw, flagged):
@@ -250,6 +321,14 @@ def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw
     rows = [{"question_id": 7, "question": text, "answer": "ok"}, {"question_id": 8, "question": "clean", "answer": "ok"}]
     assert validate.rows_with_markup(rows, raw_html=raw_html) == ([7] if flagged else [])
     assert asked == [[7]]  # only suspects are looked up
+
+
+def test_a_question_collected_twice_is_excused_by_the_copy_it_was_cleaned_from():
+    """Two partitions can hold a question (the ranking moved), edited in between: either copy may be the kept one."""
+    rows = [{"question_id": 7, "question": "Use <br> for a break", "answer": "ok"}]
+    old, new = "<p>Use a line break</p>", "<p>Use <code>&lt;br&gt;</code> for a break</p>"
+    assert validate.rows_with_markup(rows, raw_html=lambda ids: {7: [old, new]}) == []
+    assert validate.rows_with_markup(rows, raw_html=lambda ids: {7: [old]}) == [7]
 
 
 def test_the_same_question_under_two_ids_is_kept_once_across_partitions():

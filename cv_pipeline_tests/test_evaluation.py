@@ -694,3 +694,14 @@ def test_a_report_that_fails_partway_leaves_the_previous_one_whole(tmp_path: Pat
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert json.loads(first.metrics_json.read_text())["models"]["base"]["loss"] == 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".evaluation.lock", "evaluation"]
+
+
+def test_an_answer_cap_that_leaves_no_room_for_the_question_is_refused() -> None:
+    """A prompt and its generated answer share max_length: the prompt gets max_length - max_new_tokens."""
+    from pydantic import ValidationError
+
+    from cv_pipeline.evaluation.evaluator import EvalConfig
+
+    assert EvalConfig(max_length=512, max_new_tokens=48).max_new_tokens == 48
+    with pytest.raises(ValidationError, match="max_new_tokens=500 leaves no room .* raise max_length or lower max_new_tokens"):
+        EvalConfig(max_length=512, max_new_tokens=500)

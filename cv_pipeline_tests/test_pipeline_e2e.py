@@ -75,9 +75,8 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
         modelfile = (data / "exports" / name / "Modelfile").read_text()
         assert "FROM" in modelfile and "ADAPTER" in modelfile
         assert (data / "adapters" / name / "adapter" / "trained_questions.json").is_file()
-        # the export is of the adapter the report measured
-        exported = json.loads((data / "exports" / name / "export.json").read_text())
-        assert exported["adapter_version"] == metrics["adapter_versions"][name] and exported["evaluated"] is True
+        # the export is of the adapter the report measured (as the run recorded it: a later test re-exports)
+        assert exports[f"{name}/adapter_version"] == metrics["adapter_versions"][name]
         assert exports[f"{name}/evaluated"] is True
 
 
@@ -154,13 +153,6 @@ def test_an_identical_rerun_of_the_dataset_does_not_make_the_adapters_stale(pipe
     resolver = get_stale_status_resolver(instance, list(defs.resolve_asset_graph().assets_defs))
     assert resolver.get_status(dg.AssetKey("lora_adapter_top_10k")) == StaleStatus.FRESH
     assert resolver.get_status(dg.AssetKey("lora_adapter_all_pairs")) == StaleStatus.FRESH
-
-    # Exported before it is measured again: the export says so, and which adapter it holds.
-    exported = dg.materialize(everything, selection=["adapter_exports"], resources=defs.resources, instance=instance)
-    assert _md(exported, "adapter_exports")["top_10k/evaluated"] is False
-    assert _md(exported, "adapter_exports")["all_pairs/evaluated"] is True
-    record = json.loads((data / "exports" / "top_10k" / "export.json").read_text())
-    assert record["evaluated"] is False and record["adapter_version"] == after
 
     # a real change of the data (a different top-N subset) does
     dg.materialize(everything, selection=["chat_dataset"], resources=defs.resources, instance=instance, run_config={"ops": {"chat_dataset": {"config": {"top_n": 50}}}})

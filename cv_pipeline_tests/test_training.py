@@ -678,14 +678,19 @@ def test_running_a_finished_training_again_keeps_its_adapter_and_measurements(ba
     assert not any(line.startswith("loading") for line in lines)  # not even the model is loaded
 
     # Checkpoints hold the optimizer state and are often deleted once a run is done: the adapter still stands.
+    # An adapter published before adapters recorded their questions gets the record then (same data, same run).
     elsewhere = tmp_path / "run"
     shutil.copytree(first.adapter_path, elsewhere / "adapter")
+    record = (elsewhere / "adapter" / "trained_questions.json")
+    expected = record.read_text()
+    record.unlink()
     assert not (elsewhere / "checkpoints").exists()
     lines.clear()
     kept = train_adapter(base_dir, chats(8), None, elsewhere, TrainingHyperparams(**FAST),
                          LoraHyperparams(), detect_device("cpu"), log=lines.append)
     assert kept.steps == first.steps and kept.final_loss == first.final_loss
     assert kept.adapter_path == elsewhere / "adapter" and any("already holds" in line for line in lines)
+    assert record.read_text() == expected
 
 
 def test_changed_settings_do_not_resume_stale_checkpoints(tmp_path):

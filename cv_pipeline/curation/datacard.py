@@ -62,9 +62,9 @@ Splits are fixed by a hash of the question id. `top_10k` holds the highest-voted
 ![lengths](lengths.png)
 
 ## Licence and attribution
-The text is user content from {site}, licensed CC BY-SA by post date (2.5 before 2011-04-08, 3.0 before
-2018-05-02, 4.0 since); a question and its answer may differ: `license` is the question's, `answer_license`
-the answer's. Posts in this dataset, questions and answers counted apart:
+The text is user content from {site}, licensed CC BY-SA: each post's licence as the source gives it, or
+where it gives none, by post date (2.5 before 2011-04-08, 3.0 before 2018-05-02, 4.0 since); a question and
+its answer may differ: `license` is the question's, `answer_license` the answer's. Posts in this dataset, questions and answers counted apart:
 
 | licence | posts | licence text |
 |---|---|---|

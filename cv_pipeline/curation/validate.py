@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 # HTML element names: "<b and c>" in "if a<b and c>d" looks like a tag, "<n>" or "List<T>" does not.
 _ELEMENTS = (
@@ -25,20 +26,30 @@ _TAG = re.compile(r"</?(" + _NAMES + r")(?:\s[^<>]*)?/?>|<!--", re.I)
 _MATH = re.compile(r"(?<!\\)\$\$.*?(?<!\\)\$\$|(?<!\\)\$(?:[^$\n]|\n(?!\s*\n))*?(?<!\\)\$", re.S)
 # How a post's HTML writes "<name" as text (lower-cased): an escaped "<" (named, decimal or hex, with or
 # without its ";"), or a fullwidth or small "<" that the ASCII normalisation turns into one; then the name,
-# ended as _TAG ends it (so "&lt;p$" in "$n&lt;p$" is no escaped <p>).
+# ended as a tag name ends in the text: by a space, "/", ">" or markup (a paragraph's end, a line break, the
+# title's end all become spaces), so "&lt;p$" in "$n&lt;p$" is no escaped <p>, "n&lt;p</p>" is.
 _ESCAPED_TAG = re.compile(
-    r"(?:&lt;?|&#0*60;?|&#x0*3c;?|\uff1c|\ufe64)(?:(/?)(" + _NAMES + r")(?=[\s/>]|&gt|&#0*62|&#x0*3e|\uff1e|\ufe65)|(!--))"
+    r"(?:&lt;?|&#0*60;?|&#x0*3c;?|\uff1c|\ufe64)(?:(/?)(" + _NAMES + r")"
+    r"(?=[\s/<>]|$|&gt|&#0*62|&#x0*3e|&nbsp|&#0*160|&#x0*a0|\uff1e|\ufe65)|(!--))"
 )
 # Text of the notices rule 2 removes, where a notice puts it: at the start of a line (a page's closed notice
 # is blocks of its own; the duplicate notice's wordings end with their colon). A blocking check must not
 # trip on a post that says in passing "my last question was closed. This question ...".
-_NOTICE = re.compile(
+# A page's notices (class-marked elements the cleaner removes; never in API or dump bodies), in full enough
+# wording that a post of one's own does not match:
+_PAGE_NOTICE = re.compile(
     r"^(?:Closed\.\s+This question|Want to improve this (?:question|post)\?"
-    r"|Locked\.\s+(?:This|Comments on this)|(?:Migrated\.\s+)?This question was migrated from"
-    r"|Possible Duplicates?:"
-    r"|This question (?:may )?already ha(?:s|ve) (?:an )?answers? here:)",
+    r"|Locked\.\s+(?:This question and its answers are locked|Comments on this (?:question|answer) have been disabled)"
+    r"|(?:Migrated\.\s+)?This question was migrated from .{1,100}? because it can be answered on)",
     re.M,
 )
+# The duplicate notice Stack Exchange edited into bodies, which the cleaner removes as the <blockquote> holding
+# it: the same words written by the post's author outside a quote are the author's, and kept (excused below).
+_QUOTED_NOTICE = re.compile(
+    r"^(?:Possible Duplicates?:|This question (?:may )?already ha(?:s|ve) (?:an )?answers? here:)", re.M
+)
+_BLOCKQUOTE = re.compile(r"<blockquote\b.*?</blockquote\s*>", re.I | re.S)
+_ANY_TAG = re.compile(r"<[^<>]*>")
 
 
 def markup_tokens(text: str, blank_math: bool = True) -> list[str]:
@@ -55,35 +66,53 @@ def escaped_tokens(raw_html: str) -> Counter[str]:
     return Counter(m.group(2) or m.group(3) for m in _ESCAPED_TAG.finditer(raw_html.lower()))
 
 
+def _unquoted_text(raw_html: str) -> str:
+    """The post's text outside its quotes, whitespace collapsed (where the author's own words are)."""
+    return " ".join(html.unescape(_ANY_TAG.sub(" ", _BLOCKQUOTE.sub(" ", raw_html))).split())
+
+
+def _excused(tokens: Counter[str], notices: list[str], raw: str) -> bool:
+    if notices and not all(notice in _unquoted_text(raw) for notice in notices):
+        return False
+    return not tokens - escaped_tokens(raw)
+
+
 def rows_with_markup(
     rows: Iterable[dict],
     fields: tuple[str, ...] = ("question", "answer"),
-    raw_html: Callable[[list[int]], dict[int, str]] | None = None,
+    raw_html: Callable[[list[int]], Mapping[int, str | list[str]]] | None = None,
 ) -> list[int]:
     """Rows with notice text, or with a tag-like token the cleaner should have removed.
 
     Text can hold a tag legitimately: a post that writes `&lt;br&gt;` (in inline code, say) shows
-    "<br>". Given ``raw_html`` (question ids -> the pair's raw HTML, asked only for suspects), a
-    row's tokens are excused when the raw HTML writes each of them as text at least as often as
-    the text shows it, math included (a "<" in MathJax is text, so it is escaped in the HTML too);
-    a real tag left over never is, even beside an escaped one of the same name. Without the raw
-    HTML, tokens inside MathJax are passed over and any other is a leftover.
+    "<br>". Given ``raw_html`` (question ids -> the pair's raw HTML, or each copy's where the question
+    was collected twice; asked only for suspects), a row's tokens are excused when the raw HTML of one
+    copy writes each of them as text at least as often as the text shows it, math included (a "<" in
+    MathJax is text, so it is escaped in the HTML too); a real tag left over never is, even beside an
+    escaped one of the same name. The duplicate notice's words are excused where the author wrote
+    them outside a quote; a page notice's never are. Without the raw HTML (or for a row whose raw HTML
+    is not found), tokens inside MathJax are passed over and any other is a leftover.
     """
     bad: list[int] = []
-    suspects: dict[int, Counter[str]] = {}
+    suspects: dict[int, tuple[str, Counter[str], list[str]]] = {}
     for r in rows:
         texts = [t for f in fields for t in (r[f] if isinstance(r[f], list) else [r[f]])]
-        if any(_NOTICE.search(t) for t in texts):
+        if any(_PAGE_NOTICE.search(t) for t in texts):
             bad.append(r["question_id"])
             continue
-        if any(_TAG.search(t) for t in texts):
-            suspects[r["question_id"]] = Counter(tok for t in texts for tok in markup_tokens(t, blank_math=raw_html is None))
+        notices = [" ".join(m.group(0).split()) for t in texts for m in _QUOTED_NOTICE.finditer(t)]
+        if notices or any(_TAG.search(t) for t in texts):
+            text = "\n\n".join(texts)
+            suspects[r["question_id"]] = (text, Counter(tok for t in texts for tok in markup_tokens(t, blank_math=False)),
+                                          notices)
     sources = raw_html(sorted(suspects)) if suspects and raw_html else {}
-    for qid, tokens in suspects.items():
-        raw = sources.get(qid)
-        if not tokens:  # only in math, judged without the raw HTML
-            continue
-        if raw is None or tokens - escaped_tokens(raw):
+    for qid, (text, tokens, notices) in suspects.items():
+        found = sources.get(qid)
+        copies = [found] if isinstance(found, str) else list(found or [])
+        if not copies:  # nothing to excuse by: tokens in MathJax are text, the rest and any notice are not
+            if notices or markup_tokens(text):
+                bad.append(qid)
+        elif not any(_excused(tokens, notices, raw) for raw in copies):
             bad.append(qid)
     return bad
 
@@ -113,10 +142,10 @@ def bad_roles(rows: Iterable[dict]) -> list[int]:
     """A chat is user, assistant, ... and ends with the assistant (whose turn training learns); no message is empty."""
     bad = []
     for r in rows:
-        msgs = r["messages"]
-        roles = [m["role"] for m in msgs]
+        msgs = r.get("messages") or []
+        roles = [(m or {}).get("role") for m in msgs]
         expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(msgs))]
-        if len(msgs) < 2 or len(msgs) % 2 or roles != expected or any(not (m["content"] or "").strip() for m in msgs):
+        if len(msgs) < 2 or len(msgs) % 2 or roles != expected or any(not (m.get("content") or "").strip() for m in msgs):
             bad.append(r["question_id"])
     return bad
 
@@ -161,7 +190,7 @@ def chat_dataset_problems(
     rows = [r for split_rows in splits.values() for r in split_rows] + top
 
     def all_messages(row: dict) -> dict:
-        return {"question_id": row["question_id"], "messages": [m["content"] or "" for m in row["messages"]]}
+        return {"question_id": row["question_id"], "messages": [(m or {}).get("content") or "" for m in row.get("messages") or []]}
 
     def code_blocks() -> list[int]:
         if code_block_posts is None:

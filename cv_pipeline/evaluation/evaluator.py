@@ -16,7 +16,7 @@ from typing import Any, Protocol, get_args
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from cv_pipeline.evaluation import MergeMode, metrics
 from cv_pipeline.training.records import TRAINED_QUESTIONS_FILE, adapter_version, question_fingerprint
@@ -63,6 +63,15 @@ class EvalConfig(BaseModel):
             "greedy decoding 3.8-5.5x faster on an H200. 'never': beside one shared base."
         ),
     )
+
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self) -> EvalConfig:
+        if self.max_new_tokens > self.max_length - 16:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} leaves no room for the question within max_length={self.max_length} "
+                "(a prompt and its answer share it): raise max_length or lower max_new_tokens"
+            )
+        return self
 
 
 def should_merge(mode: str, device: str | torch.device = "auto") -> bool:
@@ -555,7 +564,7 @@ def held_out_rows(
     """
     trained = {name: trained_questions(d) for name, d in adapters.items()}
     seen = set().union(*(t for t in trained.values() if t))
-    kept = [r for r in test_rows if question_fingerprint(_question_and_answer(r)[0]) not in seen]
+    kept = [r for r in test_rows if question_fingerprint(_question_and_answer(r)[0]) not in seen] if seen else list(test_rows)
     info = {
         "excluded_trained_rows": len(test_rows) - len(kept),
         "adapters_without_record": sorted(name for name, t in trained.items() if t is None),
@@ -610,7 +619,7 @@ def evaluate_models(
             "earlier version): the test rows cannot be checked against what they trained on; retrain them to check"
         )
     loss_rows, gen_rows = _samples(test_rows, (cfg.n_loss_examples, cfg.n_generation_examples), cfg.seed)
-    prompt_cap = max(cfg.max_length - cfg.max_new_tokens, 16)  # a prompt and its answer within max_length, as scored chats
+    prompt_cap = cfg.max_length - cfg.max_new_tokens  # a prompt and its answer within max_length, as scored chats
     gen_pairs = [_question_and_answer(r) for r in gen_rows]
     questions = [q for q, _ in gen_pairs]
     references = [a for _, a in gen_pairs]

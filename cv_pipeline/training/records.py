@@ -28,7 +28,11 @@ def adapter_version(adapter_dir: Path | str) -> str:
     """An adapter's version: the hash of its weights and LoRA config, so that retraining with other settings
     (which Dagster sees neither in code version nor in inputs) marks evaluation and exports stale, a run that
     keeps its published adapter changes nothing downstream, and an export can be matched to its evaluation."""
-    return "-".join(file_hash(Path(adapter_dir) / name) for name in ("adapter_config.json", "adapter_model.safetensors"))
+    files = [Path(adapter_dir) / name for name in ("adapter_config.json", "adapter_model.safetensors")]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {adapter_dir} is not a whole adapter; re-run the training step that writes it")
+    return "-".join(map(file_hash, files))
 
 
 def question_fingerprint(question: str) -> str:

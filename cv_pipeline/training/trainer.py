@@ -210,6 +210,9 @@ def train_adapter(
     published = _published_result(settled_dir(out_dir / "adapter"), fingerprint)
     if published is not None:
         say(f"{published.adapter_path} already holds this run's adapter ({published.steps} steps): kept")
+        record = published.adapter_path / TRAINED_QUESTIONS_FILE
+        if not record.exists():  # published by a version that kept no record: the same data, so record it now
+            write_json(record, trained_questions_record(_chats(train_dataset)))
         return published
 
     unsloth_device = unsloth_device_type()
@@ -323,7 +326,7 @@ def train_adapter(
         }
         write_json(tmp / SUMMARY_FILE, summary)
         # Which questions it learnt, so that an evaluation on a dataset rebuilt since can leave them out.
-        write_json(tmp / TRAINED_QUESTIONS_FILE, trained_questions_record(train_dataset["messages"]))
+        write_json(tmp / TRAINED_QUESTIONS_FILE, trained_questions_record(_chats(train_dataset)))
     say(f"adapter written to {result.adapter_path} after {result.steps} steps ({result.tokens_per_s:.0f} tokens/s)")
     # Unsloth's trainer holds references back to itself: free the model and optimizer state now, not whenever the
     # garbage collector runs, for what this process does next (the other adapter, evaluation).
@@ -382,6 +385,12 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
     if not device.is_cuda:
         return False
     return {"unsloth": "unsloth", "recompute": True, "off": False}[hp.gradient_checkpointing]
+
+
+def _chats(dataset: Dataset, batch: int = 1000):
+    """The ``messages`` of every row, read a batch at a time (not the whole column in memory at once)."""
+    for rows in dataset.iter(batch_size=batch):
+        yield from rows["messages"]
 
 
 def _published_result(adapter_dir: Path, fingerprint: str) -> TrainResult | None:

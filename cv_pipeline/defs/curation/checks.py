@@ -146,10 +146,19 @@ def chat_dataset_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     copies = _copies(data_dir)  # read once for all checks
     selected = [name for name in validate.CHAT_RULES if dg.AssetCheckKey(chat_dataset, name) in context.selected_asset_check_keys]
+    # The raw posts are read once for both copies: their code-block verdicts, and the HTML of the suspects.
+    ids = sorted({r["question_id"] for splits, top in copies.values() for rows in [*splits.values(), top] for r in rows})
+    code = set(code_block_questions(data_dir, ids)) if "chat_no_code_block_posts" in selected else set()
+    html: dict[int, list[str]] = {}
+
+    def raw_html(wanted: list[int]) -> dict[int, list[str]]:
+        if missing := [q for q in wanted if q not in html]:
+            html.update(dict.fromkeys(missing, []) | raw_pair_html(data_dir, missing))
+        return {q: html[q] for q in wanted if html[q]}
+
     found = {
         copy: validate.chat_dataset_problems(
-            splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), rules=selected, top=top,
-            code_block_posts=lambda ids: code_block_questions(data_dir, ids),
+            splits, raw_html=raw_html, rules=selected, top=top, code_block_posts=lambda wanted: [q for q in wanted if q in code],
         )
         for copy, (splits, top) in copies.items()
     }

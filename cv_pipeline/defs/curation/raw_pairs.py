@@ -24,16 +24,17 @@ def pair_bodies(q) -> list[str]:
     return [q.body_html] + ([answer.body_html] if answer else [])
 
 
-def raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> dict[int, str]:
-    """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as text."""
+def raw_pair_html(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> dict[int, list[str]]:
+    """The raw HTML (title, question, answer) of a few pairs, to tell a tag left over from one a post writes as
+    text: one per copy where a question was collected twice (in two partitions, maybe edited in between)."""
     import html
 
     wanted = set(question_ids)
-    return {
-        q.question_id: html.escape(q.title) + "".join(pair_bodies(q))  # titles arrive decoded
-        for q in raw_questions(data_dir, raw)
-        if q.question_id in wanted
-    }
+    found: dict[int, list[str]] = {}
+    for q in raw_questions(data_dir, raw):
+        if q.question_id in wanted:
+            found.setdefault(q.question_id, []).append(html.escape(q.title) + "".join(pair_bodies(q)))  # titles arrive decoded
+    return found
 
 
 def code_block_questions(data_dir: DataDirResource, question_ids: list[int], raw: list[Path] | None = None) -> list[int]:

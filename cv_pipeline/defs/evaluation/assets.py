@@ -98,15 +98,17 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         description="Per adapter: merged 16-bit weights, an Ollama Modelfile and a GGUF LoRA adapter.",
     )
     def adapter_exports(context: dg.AssetExecutionContext, data_dir: DataDirResource) -> dg.MaterializeResult:
+        from cv_pipeline.evaluation.evaluator import read_json
         from cv_pipeline.evaluation.export import export_adapter
         from cv_pipeline.training.records import adapter_version
 
         metrics = data_dir.published("evaluation") / "metrics.json"
-        measured = json.loads(metrics.read_text()).get("adapter_versions", {}) if metrics.is_file() else {}
+        measured = read_json(metrics).get("adapter_versions", {}) if metrics.is_file() else {}
         metadata = {}
         for name in ADAPTER_SPECS:
             adapter_dir = data_dir.published("adapters", name, "adapter")
-            evaluated = measured.get(name) == adapter_version(adapter_dir)
+            version = adapter_version(adapter_dir)
+            evaluated = measured.get(name) == version
             if not evaluated:
                 context.log.warning(
                     f"the {name} adapter being exported is not the one the evaluation report measured (retrained since, "
@@ -117,6 +119,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
             context.log.info(f"exported {name} to {res.out_dir}")
             metadata[f"{name}/path"] = dg.MetadataValue.path(str(res.out_dir))
             metadata[f"{name}/evaluated"] = evaluated
+            metadata[f"{name}/adapter_version"] = version
             metadata[f"{name}/modelfile"] = dg.MetadataValue.md(f"```\n{res.modelfile.read_text()}\n```")
         return dg.MaterializeResult(metadata=metadata)
 
