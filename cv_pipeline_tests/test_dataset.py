@@ -213,21 +213,6 @@ def test_empty_splits_are_saved_loadable(tmp_path):
         assert len(loaded) == len(ds.top if split == "top_10k" else ds.splits[split])
         assert set(loaded.features) >= {"question_id", "messages", "license"}
 
-def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="materialise chat_dataset"):
-        load_split(tmp_path / "nowhere", "train")
-
-
-def test_empty_splits_are_saved_loadable(tmp_path):
-    """A zero fraction (or a corpus too small to reach a split) leaves splits empty; every split, the
-    empty ones included, must still load back with the chat features."""
-    ds = build_chat_dataset([pair(q, q) for q in range(1, 60)], top_n=0, fractions=SplitFractions(validation=0.0))
-    assert not ds.splits["validation"] and not ds.top and ds.splits["train"]
-    out = save_chat_dataset(ds, tmp_path / "chat", source="unit test")
-    for split in ("train", "validation", "test", "top_10k"):
-        loaded = load_split(out, split)
-        assert len(loaded) == len(ds.top if split == "top_10k" else ds.splits[split])
-        assert set(loaded.features) >= {"question_id", "messages", "license"}
 
 def test_loading_a_missing_dataset_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="materialise chat_dataset"):
