@@ -359,3 +359,17 @@ def test_export_rejects_adapter_from_other_base(smol_base: Path, smol_adapter: P
 def test_export_rejects_bad_model_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="model_name"):
         export.export_adapter(tmp_path, tmp_path, tmp_path / "out", name)
+
+
+def test_the_llama_cpp_check_says_what_it_needs_where_llama_cpp_is_missing(tmp_path: Path) -> None:
+    """benchmarks/check_gguf_adapter.py runs the export in llama.cpp; llama-cpp-python is not a dependency."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "check_gguf_adapter.py"
+    blocker = tmp_path / "llama_cpp.py"  # shadows an installed llama-cpp-python: the message is what is tested
+    blocker.write_text("raise ImportError('not here')\n")
+    proc = subprocess.run([sys.executable, str(script), "--data", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "llama-cpp-python is not installed" in proc.stderr
