@@ -308,6 +308,13 @@ def test_markup_written_as_text_in_the_post_is_excused_by_the_raw_html(text, raw
     assert asked == [[7]]  # only suspects are looked up
 
 
+def test_math_does_not_pair_across_the_question_and_the_answer():
+    """Without raw HTML to judge by, a "$$" in the question and one in the answer are no display-math span."""
+    rows = [{"question_id": 7, "question": "Costs $$ more <div>left over", "answer": "and $$ less"}]
+    assert validate.rows_with_markup(rows, raw_html=lambda ids: {}) == [7]
+    assert validate.rows_with_markup(rows) == [7]
+
+
 def test_a_question_collected_twice_is_excused_by_the_copy_it_was_cleaned_from():
     """Two partitions can hold a question (the ranking moved), edited in between: either copy may be the kept one."""
     rows = [{"question_id": 7, "question": "Use <br> for a break", "answer": "ok"}]

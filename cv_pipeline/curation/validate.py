@@ -94,7 +94,7 @@ def rows_with_markup(
     is not found), tokens inside MathJax are passed over and any other is a leftover.
     """
     bad: list[int] = []
-    suspects: dict[int, tuple[str, Counter[str], list[str]]] = {}
+    suspects: dict[int, tuple[list[str], Counter[str], list[str]]] = {}
     for r in rows:
         texts = [t for f in fields for t in (r[f] if isinstance(r[f], list) else [r[f]])]
         if any(_PAGE_NOTICE.search(t) for t in texts):
@@ -102,15 +102,14 @@ def rows_with_markup(
             continue
         notices = [" ".join(m.group(0).split()) for t in texts for m in _QUOTED_NOTICE.finditer(t)]
         if notices or any(_TAG.search(t) for t in texts):
-            text = "\n\n".join(texts)
-            suspects[r["question_id"]] = (text, Counter(tok for t in texts for tok in markup_tokens(t, blank_math=False)),
+            suspects[r["question_id"]] = (texts, Counter(tok for t in texts for tok in markup_tokens(t, blank_math=False)),
                                           notices)
     sources = raw_html(sorted(suspects)) if suspects and raw_html else {}
-    for qid, (text, tokens, notices) in suspects.items():
+    for qid, (texts, tokens, notices) in suspects.items():
         found = sources.get(qid)
         copies = [found] if isinstance(found, str) else list(found or [])
         if not copies:  # nothing to excuse by: tokens in MathJax are text, the rest and any notice are not
-            if notices or markup_tokens(text):
+            if notices or any(markup_tokens(t) for t in texts):  # each text on its own: no $$ pairs across two
                 bad.append(qid)
         elif not any(_excused(tokens, notices, raw) for raw in copies):
             bad.append(qid)
