@@ -17,13 +17,14 @@ _LICENCE_DEEDS = {
 }
 
 
-def _site(rows: list[dict]) -> str:
-    """The site the rows' links point to, named as Stack Exchange names it where known ("Cross Validated (host)")."""
+def _site(rows: list[dict]) -> tuple[str, str]:
+    """The site the rows' links point to: its name (as Stack Exchange names it, where known) and how the card
+    introduces it ("Cross Validated (host)")."""
     hosts = Counter(urlsplit(r["link"]).netloc for r in rows if r.get("link"))
     if not hosts:
-        return "a Stack Exchange site"
+        return "Stack Exchange", "a Stack Exchange site"
     host = hosts.most_common(1)[0][0]
-    return f"{_SITE_NAMES[host]} ({host})" if host in _SITE_NAMES else host
+    return (_SITE_NAMES[host], f"{_SITE_NAMES[host]} ({host})") if host in _SITE_NAMES else (host, host)
 
 
 def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, Path]:
@@ -40,12 +41,12 @@ def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, P
     )
     counts = "\n".join(f"| {name} | {n:,} |" for name, n in ds.counts.items())
     rows = [r for split_rows in ds.splits.values() for r in split_rows]
-    site = _site(rows)
+    site_name, site = _site(rows)
     licences = Counter(r["license"] for r in rows) + Counter(r["answer_license"] for r in rows)
     licence_rows = "\n".join(
         f"| {name} | {n:,} | {_LICENCE_DEEDS.get(name, '(see the post)')} |" for name, n in sorted(licences.items())
     )
-    text = f"""# {site.split(" (")[0].removeprefix("a ")} chat dataset
+    text = f"""# {site_name} chat dataset
 
 Data version `{ds.data_version}`. Source: {source}.
 

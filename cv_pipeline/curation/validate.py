@@ -173,7 +173,7 @@ CHAT_RULES = {
 
 def chat_dataset_problems(
     splits: dict[str, list[dict]],
-    raw_html: Callable[[list[int]], dict[int, str]] | None = None,
+    raw_html: Callable[[list[int]], Mapping[int, str | list[str]]] | None = None,
     rules: Iterable[str] = tuple(CHAT_RULES),
     top: list[dict] | None = None,
     code_block_posts: Callable[[list[int]], list[int]] | None = None,
@@ -186,7 +186,9 @@ def chat_dataset_problems(
     for that rule.
     """
     top = top or []
-    rows = [r for split_rows in splits.values() for r in split_rows] + top
+    train = {r["question_id"]: r for r in splits.get("train", [])}
+    # Every row once: a top row that is its train row as written is not judged again.
+    rows = [r for split_rows in splits.values() for r in split_rows] + [r for r in top if train.get(r["question_id"]) != r]
 
     def all_messages(row: dict) -> dict:
         return {"question_id": row["question_id"], "messages": [(m or {}).get("content") or "" for m in row.get("messages") or []]}
@@ -196,10 +198,9 @@ def chat_dataset_problems(
             raise ValueError("chat_no_code_block_posts needs code_block_posts: how to look up the pairs' raw posts")
         return sorted(set(code_block_posts(sorted({r["question_id"] for r in rows}))))
 
-    train = {r["question_id"] for r in splits.get("train", [])}
     finders: dict[str, Callable[[], list[int]]] = {
         "chat_roles_alternate": lambda: sorted(set(bad_roles(rows))),
-        "chat_splits_disjoint": lambda: sorted(set(ids_in_two_splits(splits)) | ({r["question_id"] for r in top} - train)),
+        "chat_splits_disjoint": lambda: sorted(set(ids_in_two_splits(splits)) | ({r["question_id"] for r in top} - train.keys())),
         "chat_rows_licensed": lambda: sorted(set(
             rows_without_attribution(rows, ("license", "link", "answer_license", "answer_link")))),
         "chat_has_no_markup": lambda: sorted(set(

@@ -77,6 +77,8 @@ class ExportResult:
     gguf_adapter: Path | None
     chat_format: str | None
     notes: list[str] = field(default_factory=list)
+    adapter_version: str = ""  # records.adapter_version of the exported adapter
+    evaluated: bool | None = None  # whether the evaluation measured this very adapter (None: not asked)
 
     def as_metadata(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if k != "notes"} | {"notes": "; ".join(self.notes)}
@@ -222,12 +224,13 @@ def export_adapter(
     temperature: float = 0.7,
     num_ctx: int = 2048,
     write_gguf: bool = True,
-    evaluated: bool | None = None,
+    measured_version: str | None = None,
 ) -> ExportResult:
     """Export ``adapter_dir`` (trained on ``base_dir``) into ``out_dir``.
 
-    ``export.json`` records the adapter's version (see ``records.adapter_version``) and ``evaluated``:
-    whether the evaluation report measured this very adapter (None: not known to the caller).
+    ``export.json`` records the adapter's version (see ``records.adapter_version``) and ``evaluated``: whether
+    it is ``measured_version``, the version the evaluation report measured ("" if it measured none; None, the
+    default, records no answer).
 
     ``ollama_from`` is the Modelfile's FROM: by default the base folder's absolute path (Ollama
     imports a safetensors folder); pass an Ollama model name instead (e.g. ``llama3.2:3b``) only
@@ -263,12 +266,14 @@ def export_adapter(
         atomic.write_text(tmp / "Modelfile", render_modelfile(from_ref, "./adapter", fmt, system, **common))
         atomic.write_text(tmp / "Modelfile.merged", render_modelfile("./merged", None, fmt, system, **common))
         atomic.write_text(tmp / "README.md", _readme(model_name, from_ref, gguf_path is not None))
+        version = adapter_version(adapter_dir)
+        evaluated = None if measured_version is None else measured_version == version
         atomic.write_json(tmp / "export.json", {"model_name": model_name, "base_model": str(base_dir),
-                                                "adapter": str(adapter_dir), "adapter_version": adapter_version(adapter_dir),
+                                                "adapter": str(adapter_dir), "adapter_version": version,
                                                 "evaluated": evaluated, "dtype": dtype, "chat_format": fmt,
                                                 "notes": notes})
     return ExportResult(out, out / "merged", out / "adapter", out / "Modelfile", out / "Modelfile.merged",
-                        gguf_path, fmt, notes)
+                        gguf_path, fmt, notes, version, evaluated)
 
 
 def _readme(model_name: str, from_ref: str, has_gguf: bool) -> str:

@@ -389,7 +389,7 @@ def checkpointing_arg(hp: TrainingHyperparams, device: DeviceInfo) -> str | bool
 
 def _chats(dataset: Dataset, batch: int = 1000):
     """The ``messages`` of every row, read a batch at a time (not the whole column in memory at once)."""
-    for rows in dataset.iter(batch_size=batch):
+    for rows in dataset.select_columns(["messages"]).iter(batch_size=batch):
         yield from rows["messages"]
 
 

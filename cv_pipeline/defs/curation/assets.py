@@ -16,7 +16,7 @@ from cv_pipeline.curation.dataset import (
 )
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
-from cv_pipeline.defs.curation.raw_pairs import code_block_questions, raw_pair_html
+from cv_pipeline.defs.curation.raw_pairs import chat_problems
 from cv_pipeline.defs.operations.automation import FOLLOW_ANY_PARTITION, FOLLOW_UPSTREAM, read_partitions_metadata
 from cv_pipeline.defs.metadata import file_hash, image, md_table
 from cv_pipeline.defs.operations.k8s import CPU_STEP
@@ -119,10 +119,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
         # rebuild leaves the last dataset that passed in place (and its data version, so nothing retrains).
         problems = {
             name: bad
-            for name, bad in validate.chat_dataset_problems(
-                ds.splits, raw_html=lambda ids: raw_pair_html(data_dir, ids), top=ds.top,
-                code_block_posts=lambda ids: code_block_questions(data_dir, ids),
-            ).items()
+            for name, bad in chat_problems(data_dir, ds.splits, ds.top).items()
             if bad
         }
         if problems:

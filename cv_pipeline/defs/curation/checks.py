@@ -16,7 +16,7 @@ import dagster as dg
 from cv_pipeline.curation import validate
 from cv_pipeline.curation.dataset import SPLITS, load_split, read_cleaned
 from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
-from cv_pipeline.defs.curation.raw_pairs import code_block_questions, raw_pair_html
+from cv_pipeline.defs.curation.raw_pairs import chat_problems, code_block_questions, raw_pair_html
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource
 
@@ -146,22 +146,10 @@ def chat_dataset_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     copies = _copies(data_dir)  # read once for all checks
     selected = [name for name in validate.CHAT_RULES if dg.AssetCheckKey(chat_dataset, name) in context.selected_asset_check_keys]
-    # The raw posts are read once for both copies: their code-block verdicts, and the HTML of the suspects.
-    ids = sorted({r["question_id"] for splits, top in copies.values() for rows in [*splits.values(), top] for r in rows})
-    code = set(code_block_questions(data_dir, ids)) if "chat_no_code_block_posts" in selected else set()
-    html: dict[int, list[str]] = {}
-
-    def raw_html(wanted: list[int]) -> dict[int, list[str]]:
-        if missing := [q for q in wanted if q not in html]:
-            html.update(dict.fromkeys(missing, []) | raw_pair_html(data_dir, missing))
-        return {q: html[q] for q in wanted if html[q]}
-
-    found = {
-        copy: validate.chat_dataset_problems(
-            splits, raw_html=raw_html, rules=selected, top=top, code_block_posts=lambda wanted: [q for q in wanted if q in code],
-        )
-        for copy, (splits, top) in copies.items()
-    }
+    found: dict[str, dict[str, list[int]]] = {}
+    for copy, (splits, top) in copies.items():  # judged once when the copies agree, as the writer leaves them
+        same = next((other for other in found if copies[other] == (splits, top)), None)
+        found[copy] = found[same] if same else chat_problems(data_dir, splits, top, selected)
     for name in selected:
         bad = sorted({q for problems in found.values() for q in problems[name]})
         yield _result(chat_dataset, name, bad, validate.CHAT_RULES[name],

@@ -100,26 +100,23 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
     def adapter_exports(context: dg.AssetExecutionContext, data_dir: DataDirResource) -> dg.MaterializeResult:
         from cv_pipeline.evaluation.evaluator import read_json
         from cv_pipeline.evaluation.export import export_adapter
-        from cv_pipeline.training.records import adapter_version
 
         metrics = data_dir.published("evaluation") / "metrics.json"
         measured = read_json(metrics).get("adapter_versions", {}) if metrics.is_file() else {}
         metadata = {}
         for name in ADAPTER_SPECS:
-            adapter_dir = data_dir.published("adapters", name, "adapter")
-            version = adapter_version(adapter_dir)
-            evaluated = measured.get(name) == version
-            if not evaluated:
+            res = export_adapter(data_dir.base_model_dir(), data_dir.published("adapters", name, "adapter"),
+                                 data_dir.sub("exports") / name, model_name=f"cv-{name.replace('_', '-')}",
+                                 measured_version=measured.get(name, ""))
+            context.log.info(f"exported {name} to {res.out_dir}")
+            if not res.evaluated:
                 context.log.warning(
-                    f"the {name} adapter being exported is not the one the evaluation report measured (retrained since, "
+                    f"the {name} adapter exported is not the one the evaluation report measured (retrained since, "
                     "or never evaluated): materialise adapter_evaluation to measure it"
                 )
-            res = export_adapter(data_dir.base_model_dir(), adapter_dir, data_dir.sub("exports") / name,
-                                 model_name=f"cv-{name.replace('_', '-')}", evaluated=evaluated)
-            context.log.info(f"exported {name} to {res.out_dir}")
             metadata[f"{name}/path"] = dg.MetadataValue.path(str(res.out_dir))
-            metadata[f"{name}/evaluated"] = evaluated
-            metadata[f"{name}/adapter_version"] = version
+            metadata[f"{name}/evaluated"] = res.evaluated
+            metadata[f"{name}/adapter_version"] = res.adapter_version
             metadata[f"{name}/modelfile"] = dg.MetadataValue.md(f"```\n{res.modelfile.read_text()}\n```")
         return dg.MaterializeResult(metadata=metadata)
 
