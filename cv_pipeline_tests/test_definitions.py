@@ -204,6 +204,26 @@ def test_instance_yaml_is_valid_and_pools_limited_to_one(tmp_path):
     assert config["concurrency"]["pools"]["default_limit"] == 1
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_retries"]["enabled"] is True
+    assert config["freshness"]["enabled"] is True  # else the daemon never judges raw_question_batches' policy
+
+
+def test_raw_batches_turn_overdue_only_after_a_scheduled_rescrape_was_missed(defs):
+    """The freshness policy follows the schedule: fresh across a whole week between two ticks (plus the
+    time a re-scrape of 8 partitions takes), a warning once one tick is missed, a failure after two."""
+    from dagster._utils.schedules import cron_string_iterator
+
+    policy = _asset(defs, "raw_question_batches").specs_by_key[dg.AssetKey("raw_question_batches")].freshness_policy
+    assert policy is not None and policy.warn_window is not None, policy
+    warn, fail = policy.warn_window.to_timedelta(), policy.fail_window.to_timedelta()
+    cron = defs.resolve_schedule_def("weekly_rescrape").cron_schedule
+    ticks = cron_string_iterator(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp(), cron, "UTC")
+    first, second, third = next(ticks), next(ticks), next(ticks)
+    period = second - first
+    assert third - second == period
+    assert period + dt.timedelta(hours=12) <= warn < 2 * period
+    assert 2 * period <= fail < 3 * period
+    for name in ("cleaned_qa_pairs", "chat_dataset", "lora_adapter_top_10k"):  # they follow by automation or by hand
+        assert _asset(defs, name).specs_by_key[dg.AssetKey(name)].freshness_policy is None
 
 
 def test_the_daemon_does_not_rerun_a_failure_marked_not_to_be_retried(tmp_path, monkeypatch):
@@ -269,6 +289,7 @@ def test_kubernetes_configuration_loads_without_a_cluster(tmp_path, monkeypatch)
     assert cls.__name__ == "K8sRunLauncher"
     result = validate_config(cls.config_type(), launcher["config"])
     assert result.success, result.errors
+    assert config["freshness"]["enabled"] is True
     storage = config["storage"]["postgres"]
     from dagster_postgres import PostgresRunStorage
 

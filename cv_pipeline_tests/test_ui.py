@@ -67,6 +67,16 @@ def test_the_demo_runs_through_the_ui_api(demo_done):
     assert adapter["steps"] > 0 and adapter["tokens_per_s"] > 0
     evaluation = srv.latest_metadata("adapter_evaluation")
     assert "| model |" in evaluation["metrics"]
+    # The daemon judged the raw batches' freshness policy (the weekly re-scrape's) against the runs above.
+    query = """{ assetNodeOrError(assetKey: {path: ["raw_question_batches"]}) { ... on AssetNode {
+        internalFreshnessPolicy { ... on TimeWindowFreshnessPolicy { warnWindowSeconds failWindowSeconds } }
+        freshnessStatusInfo { freshnessStatus } } } }"""
+    deadline = time.monotonic() + 120
+    while (node := srv.gql(query)["assetNodeOrError"])["freshnessStatusInfo"]["freshnessStatus"] == "UNKNOWN":
+        assert time.monotonic() < deadline, f"the daemon never judged the freshness policy: {node}"
+        time.sleep(5)
+    assert node["freshnessStatusInfo"]["freshnessStatus"] == "HEALTHY", node
+    assert node["internalFreshnessPolicy"] == {"warnWindowSeconds": 8 * 86400, "failWindowSeconds": 15 * 86400}
 
 
 def dismiss_newsletter_dialog(page) -> None:

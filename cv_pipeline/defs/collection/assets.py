@@ -5,6 +5,7 @@ import dagster as dg
 from cv_pipeline.collection import collect_batch
 from cv_pipeline.defs.collection.partitions import question_ranges
 from cv_pipeline.defs.metadata import file_hash, md_table
+from cv_pipeline.defs.operations.cadence import RAW_BATCHES_FRESHNESS
 from cv_pipeline.defs.operations.interrupts import stop_when_interrupted
 from cv_pipeline.defs.operations.k8s import CPU_STEP
 from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
@@ -18,6 +19,7 @@ from cv_pipeline.sources.base import QuotaExhausted, SourceError, TransientSourc
     op_tags=CPU_STEP,
     group_name="collection",
     kinds={"python", "json"},
+    freshness_policy=RAW_BATCHES_FRESHNESS,
     # Transient faults are retried inside the client; this covers a crashed process or host.
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description="The highest-voted questions of one 5,000-rank range, each with its highest-voted answer (raw HTML).",

@@ -4,6 +4,7 @@ import dagster as dg
 
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.collection.partitions import question_ranges
+from cv_pipeline.defs.operations.cadence import RESCRAPE_CRON
 
 collect_job = dg.define_asset_job(
     "collect_raw_batches",
@@ -13,7 +14,7 @@ collect_job = dg.define_asset_job(
 )
 
 
-def build_rescrape_schedule(partition_keys: list[str], cron: str = "0 3 * * 1") -> dg.ScheduleDefinition:
+def build_rescrape_schedule(partition_keys: list[str], cron: str = RESCRAPE_CRON) -> dg.ScheduleDefinition:
     """One run per partition per tick; the `stackexchange_api` pool (limit 1) makes them queue politely."""
 
     @dg.schedule(
