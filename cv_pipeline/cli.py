@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -50,9 +51,13 @@ def _definitions(profile: str | None):
     if profile:
         os.environ["CV_PIPELINE_PROFILE"] = profile
     from cv_pipeline.defs.project import build_definitions
+    from cv_pipeline.profiles import SettingError
 
     p = _profile(profile)
-    return p, build_definitions(p)
+    try:
+        return p, build_definitions(p)
+    except SettingError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _profile(name: str | None):
@@ -136,6 +141,7 @@ SELECTION_HELP = """asset selections (Dagster's syntax; quote them in a shell):
   chat_dataset                         one asset
   raw_question_batches,cleaned_qa_pairs  several assets
   "+cleaned_qa_pairs"                  an asset and the assets it reads directly
+  "cleaned_qa_pairs+"                  an asset and the assets that read it directly
   "chat_dataset*"                      an asset and everything downstream of it
   "*adapter_evaluation"                an asset and everything upstream of it
   "key:chat_dataset or key:base_model" any selection expression
@@ -143,15 +149,60 @@ Partitioned assets (raw_question_batches, cleaned_qa_pairs) run for --partition,
 the profile's partitions, before the rest of the selection. `cv-pipeline list` shows the assets."""
 
 
-def _run(execute, what: str, verbose: bool):
-    """Execute one run in this process; it stops at the first failure (an interrupt included), and the command
-    ends with the failure's own message: the Dagster log above it has the stack trace (``--verbose`` re-raises)."""
+def _settings_file(path: str | None, defs) -> dict[str, dict]:
+    """The per-asset settings of a run config file (``--config``): its ``ops:``, as the launchpad shows them.
+
+    YAML or JSON, e.g. ``ops: {lora_adapter_top_10k: {config: {per_device_batch: 4, grad_accum: 4}}}``. Each run
+    of the command gets the entries of the assets it materialises; Dagster validates the values.
+    """
+    if path is None:
+        return {}
+    import yaml
+
+    shape = ("a mapping with one key, ops:, holding each asset's settings as the launchpad shows them, e.g.\n"
+             "  ops:\n    lora_adapter_top_10k:\n      config: {per_device_batch: 4, grad_accum: 4}")
     try:
-        return execute(raise_on_error=True, run_config={} if verbose else _QUIET)
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise SystemExit(f"--config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) != {"ops"} or not isinstance(data["ops"], dict):
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise SystemExit(f"--config {path}: expected {shape}\n(got {keys})")
+    names = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+    unknown = sorted(map(str, set(data["ops"]) - names))
+    if unknown:
+        raise SystemExit(f"--config {path}: no asset named {', '.join(unknown)}; the assets are {', '.join(sorted(names))}")
+    return {name: entry for name, entry in data["ops"].items()}
+
+
+def _settings_for(settings: dict[str, dict], keys, used: set[str]) -> dict[str, dict]:
+    """The entries of ``settings`` for the assets ``keys`` (noted in ``used``)."""
+    names = {k.to_user_string() for k in keys}
+    used |= names & set(settings)
+    return {name: entry for name, entry in settings.items() if name in names}
+
+
+def _note_unused(settings: dict[str, dict], used: set[str]) -> None:
+    if unused := sorted(set(settings) - used):
+        print(f"note: --config settings for {', '.join(unused)} were not used: not in what this command ran",
+              file=sys.stderr, flush=True)
+
+
+def _run(execute, what: str, verbose: bool, settings: dict[str, dict] | None = None):
+    """Execute one run in this process; it stops at the first failure (an interrupt included), and the command
+    ends with the failure's own message: the Dagster log above it has the stack trace (``--verbose`` re-raises).
+    ``settings``: the run config of the run's assets (``ops:``)."""
+    run_config = {**({} if verbose else _QUIET), **({"ops": settings} if settings else {})}
+    try:
+        return execute(raise_on_error=True, run_config=run_config)
     except Exception as exc:
         if verbose:
             raise
-        lines = [f"  {line}" for line in _failure_message(exc).strip().splitlines()[:6]]
+        lines = [f"  {line}" for line in _failure_message(exc).strip().splitlines()[:8]]
         raise SystemExit("\n".join([f"{what} failed (the Dagster log above has the details):", *lines])) from None
 
 
@@ -168,7 +219,8 @@ def _failure_message(exc: Exception) -> str:
         message = cause.message.strip()
         if cause.cls_name == "Failure":  # "dagster._core.definitions.events.Failure: <description>"
             message = message.split(": ", 1)[-1]
-        return f"{message}\n(the step's RetryPolicy gave up: {str(exc).strip()})"
+        gave_up = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # its first line: a stack trace follows
+        return f"{message}\n(the step's RetryPolicy gave up: {gave_up})"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -203,31 +255,46 @@ def _partition(key: str) -> str:
     return key
 
 
-def run_pipeline(profile: str | None = None, partitions: list[str] | None = None, verbose: bool = False) -> Path:
-    """The main job: collect+clean each partition (one run each), then train, evaluate and export."""
+def run_pipeline(profile: str | None = None, partitions: list[str] | None = None, verbose: bool = False,
+                 config: str | None = None) -> Path:
+    """The main job: collect+clean each partition (one run each), then train, evaluate and export.
+
+    ``config``: a run config file of per-asset settings (see _settings_file)."""
     import dagster as dg
     from tqdm import tqdm
 
     dagster_home()
     p, defs = _definitions(profile)
+    settings, used = _settings_file(config, defs), set()
     instance = dg.DagsterInstance.get()
     _release_dead_runs(instance)
     keys = [_partition(k) for k in partitions or p.demo_partitions]
     collect = defs.resolve_job_def("collect_and_clean")
+    collect_settings = _settings_for(settings, collect.asset_layer.selected_asset_keys, used)
     tags = _cli_tags()
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
         _report(_run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
-                     f"collect_and_clean [{key}]", verbose))
+                     f"collect_and_clean [{key}]", verbose, collect_settings))
+    train = defs.resolve_job_def("train_and_evaluate")
+    train_settings = _settings_for(settings, train.asset_layer.selected_asset_keys, used)
+    _note_unused(settings, used)
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
     if _gpu_visible():
         # Unsloth patches transformers for its whole process when imported, fully only when imported first, and
         # only on a GPU: as in the UI (a process per step), training gets a fresh process and evaluation and export
         # another one, with plain transformers + PEFT.
-        for stage in _train_stages(defs):
-            _run_in_fresh_process(p.name, ["materialize", ",".join(k.to_user_string() for k in stage)], verbose)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="cv-pipeline-config-") as tmp:
+            for i, stage in enumerate(_train_stages(defs)):
+                args = ["materialize", ",".join(k.to_user_string() for k in stage)]
+                if stage_settings := _settings_for(settings, stage, used):
+                    write_text(Path(tmp) / f"stage{i}.json", json.dumps({"ops": stage_settings}))
+                    args += ["--config", str(Path(tmp) / f"stage{i}.json")]
+                _run_in_fresh_process(p.name, args, verbose)
     else:  # on the CPU Unsloth runs stock transformers and patches nothing: one run, in this process
-        train = defs.resolve_job_def("train_and_evaluate")
-        _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate", verbose))
+        _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate",
+                     verbose, train_settings))
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
@@ -302,16 +369,18 @@ def _resolve(select: str, graph) -> set:
     return keys
 
 
-def materialize(select: str, partition: str | None, profile: str | None, verbose: bool = False) -> None:
+def materialize(select: str, partition: str | None, profile: str | None, verbose: bool = False,
+                config: str | None = None) -> None:
     """Materialise an asset selection (see SELECTION_HELP) with its checks.
 
     Partitioned assets run for ``partition``, or, without one, for each of the profile's partitions; the rest of
-    the selection runs after them, once.
+    the selection runs after them, once. ``config``: a run config file of per-asset settings (see _settings_file).
     """
     import dagster as dg
 
     dagster_home()
     p, defs = _definitions(profile)
+    settings, used = _settings_file(config, defs), set()
     everything = [*defs.assets, *defs.asset_checks]
     instance = dg.DagsterInstance.get()
     _release_dead_runs(instance)
@@ -329,8 +398,12 @@ def materialize(select: str, partition: str | None, profile: str | None, verbose
                   file=sys.stderr, flush=True)
 
     def run(selection, key: str | None, what: str) -> None:
+        run_settings = _settings_for(settings, selection.resolve(graph), used)
         _report(_run(lambda **kw: dg.materialize(everything, selection=selection, partition_key=key, instance=instance,
-                                                 resources=defs.resources, tags=tags, **kw), what, verbose))
+                                                 resources=defs.resources, tags=tags, **kw), what, verbose, run_settings))
+
+    _settings_for(settings, keys, used)
+    _note_unused(settings, used)
 
     if not partitioned:
         run(dg.AssetSelection.assets(*keys), None, select)
@@ -395,12 +468,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
+    return value
+
+
 def _device(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, mps, cuda or cuda:N")
     return text
 
 
+CONFIG_HELP = ("a YAML or JSON run config of per-asset settings, as the launchpad shows them, e.g. "
+               "'ops: {lora_adapter_top_10k: {config: {per_device_batch: 4, grad_accum: 4}}}'")
 _Help = argparse.RawDescriptionHelpFormatter  # the epilog's examples keep their lines; help texts name their defaults
 
 
@@ -408,27 +490,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cv-pipeline", description=__doc__, formatter_class=_Help)
     parser.add_argument("--profile", default=None, help="demo or full (default: $CV_PIPELINE_PROFILE, else demo)")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="{demo,materialize,list,ask,ui}")
-    verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", help="also show Dagster's DEBUG events, and a failure's full traceback")
+    # --profile is accepted after the subcommand too (`cv-pipeline demo --profile full`); given in both places,
+    # the later one wins.
+    profile_opt = argparse.ArgumentParser(add_help=False)
+    profile_opt.add_argument("--profile", default=argparse.SUPPRESS, help="demo or full (as before the subcommand)")
+    verbose = argparse.ArgumentParser(add_help=False, parents=[profile_opt])
+    verbose.add_argument("-v", "--verbose", action="store_true",
+                         help="also show Dagster's DEBUG events, and end a failure with Python's traceback instead of the step's message")
     d = sub.add_parser("demo", parents=[verbose], formatter_class=_Help,
                        help="run the whole pipeline on the profile (default: demo) and print the report path",
                        description="Collect and clean each partition, then train both adapters, evaluate and export.")
     d.add_argument("--partition", action="append", help="a partition key to collect; repeat for several (default: the profile's)")
+    d.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     m = sub.add_parser("materialize", parents=[verbose], formatter_class=_Help, epilog=SELECTION_HELP,
                        help="materialise an asset selection (e.g. chat_dataset, \"chat_dataset*\"), optionally one partition",
                        description="Materialise the selected assets and run their checks, in this process.")
     m.add_argument("select", help="an asset selection (examples below)")
     m.add_argument("--partition", help="one partition key, e.g. 00000-04999 (default: each of the profile's partitions)")
-    sub.add_parser("list", formatter_class=_Help, help="list the assets in graph order and the profile's partitions")
-    a = sub.add_parser("ask", formatter_class=_Help, help="stream an answer from the base model or an adapter",
+    m.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    sub.add_parser("list", parents=[profile_opt], formatter_class=_Help, help="list the assets in graph order and the profile's partitions",
+                   description="List the assets in graph order (which are partitioned) and the profile's partition keys.")
+    a = sub.add_parser("ask", parents=[profile_opt], formatter_class=_Help, help="stream an answer from the base model or an adapter",
                        description="Stream an answer to QUESTION from a trained adapter (or the base model).")
     a.add_argument("question")
     a.add_argument("--adapter", default="top_10k", choices=[*ADAPTER_SPECS, "base"],
                    help="an adapter, or the base model (default: top_10k)")
     a.add_argument("--device", default="auto", type=_device, help="auto, cpu, mps, cuda or cuda:N (default: auto)")
     a.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length cap of the answer (default: 256)")
-    ui = sub.add_parser("ui", formatter_class=_Help, help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1:3000")
-    ui.add_argument("--port", type=_positive_int, default=3000, help="port of the web UI (default: 3000)")
+    ui = sub.add_parser("ui", parents=[profile_opt], formatter_class=_Help,
+                        help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1 (port 3000 unless --port)",
+                        description="Start the Dagster webserver and daemon (dagster dev) on 127.0.0.1, with DAGSTER_HOME "
+                        "(default ./.dagster_home) and the data folder this command would use. Ctrl-C stops both.")
+    ui.add_argument("--port", type=_port, default=3000, help="port of the web UI (default: 3000)")
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         # Started in the background by a script, which ignores SIGINT for its jobs: Dagster's in-process
@@ -446,17 +539,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "demo":
-        run_pipeline(args.profile, args.partition, args.verbose)
+        run_pipeline(args.profile, args.partition, args.verbose, args.config)
     elif args.cmd == "materialize":
-        materialize(args.select, args.partition, args.profile, args.verbose)
+        materialize(args.select, args.partition, args.profile, args.verbose, args.config)
     elif args.cmd == "list":
         list_assets(args.profile)
     elif args.cmd == "ask":
+        _profile(args.profile)  # checked, though `ask` reads the data folder ($CV_PIPELINE_DATA_DIR), not the profile
         ask(args.question, args.adapter, args.device, args.max_new_tokens)
     elif args.cmd == "ui":
+        import dagster as dg
+
         from cv_pipeline.profiles import default_data_dir
 
         dagster_home()
+        with dg.DagsterInstance.get() as instance:  # before the UI's launches queue behind a killed command's slots
+            _release_dead_runs(instance)
         if args.profile:
             os.environ["CV_PIPELINE_PROFILE"] = args.profile
         _profile(args.profile)  # a misspelt profile is named here, not as a broken code location in the UI

@@ -24,6 +24,10 @@ PROFILE_ENV = "CV_PIPELINE_PROFILE"
 DATA_DIR_ENV = "CV_PIPELINE_DATA_DIR"
 
 
+class SettingError(ValueError):
+    """An environment variable or profile setting that cannot be used; the message names it and what to set."""
+
+
 class Profile(BaseModel):
     name: str = Field(description="Profile name, shown in run tags and metadata.")
     source: Literal["sample_site", "api", "dump"] = Field(description="Where questions come from.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,10 +32,14 @@ def test_list_shows_every_asset_in_graph_order_and_the_profiles_partitions():
     assert "Warning" not in proc.stderr, proc.stderr  # no beta or deprecation notice on every command
 
 
-@pytest.mark.parametrize("how", ["flag", "environment"])
+@pytest.mark.parametrize("how", ["flag", "flag after the command", "environment", "ask"])
 def test_an_unknown_profile_is_a_clear_error(how):
     if how == "flag":
         proc = run_cli("--profile", "huge", "list")
+    elif how == "flag after the command":
+        proc = run_cli("list", "--profile", "huge")
+    elif how == "ask":  # it reads the data folder, not the profile, but a misspelt one is still named
+        proc = run_cli("ask", "q", "--adapter", "base", "--profile", "huge")
     else:
         proc = run_cli("list", env_extra={"CV_PIPELINE_PROFILE": "huge"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -52,6 +58,7 @@ def test_an_unknown_profile_is_a_clear_error(how):
         (["ask", "q", "--adapter", "base", "--device", "gpu0"], 2, ["'gpu0' is not auto, cpu, mps, cuda or cuda:N"]),
         (["ask", "q", "--adapter", "base"], 1, ["no base model at", "cv-pipeline materialize base_model"]),
         (["ask", "q", "--adapter", "all_pairs"], 1, ["no adapter 'all_pairs'", 'materialize "*lora_adapter_all_pairs"']),
+        (["ui", "--port", "99999"], 2, ["--port: must be at most 65535, got 99999"]),
     ],
 )
 def test_a_mistake_is_one_clear_message_not_a_traceback(tmp_path, args, code, says):
@@ -61,6 +68,14 @@ def test_a_mistake_is_one_clear_message_not_a_traceback(tmp_path, args, code, sa
     for text in says:
         assert text in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "data" / "raw").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("value", ["K8s", "kubernetes"])
+def test_a_misspelt_executor_is_named_instead_of_running_everything_locally(value):
+    proc = run_cli("list", env_extra={"CV_PIPELINE_EXECUTOR": value})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"CV_PIPELINE_EXECUTOR={value!r}: use 'k8s'" in proc.stderr
+    assert run_cli("list", env_extra={"CV_PIPELINE_EXECUTOR": "local"}).returncode == 0
 
 
 def test_asking_for_a_gpu_that_is_not_there_says_so(tmp_path):
@@ -108,8 +123,8 @@ def test_a_step_whose_retries_ran_out_ends_with_its_own_error():
     with pytest.raises(SystemExit) as stop:
         cli._run(lambda **kw: dg.materialize([collect], instance=dg.DagsterInstance.ephemeral(), **kw), "collect", verbose=False)
     lines = str(stop.value).splitlines()
-    assert lines[:2] == ["collect failed (the Dagster log above has the details):", "  ValueError: HTTP 503 from the API"]
-    assert "RetryPolicy gave up" in lines[2]
+    assert lines == ["collect failed (the Dagster log above has the details):", "  ValueError: HTTP 503 from the API",
+                     "  (the step's RetryPolicy gave up: Exceeded max_retries of 1)"]  # no stack trace fragment
 
 
 def test_an_interrupt_outside_the_steps_own_handling_exits_130_without_a_traceback(monkeypatch, capsys):
@@ -213,12 +228,25 @@ def test_a_run_left_by_a_killed_command_is_failed_and_its_gpu_slot_freed(tmp_pat
 
 def test_materialize_one_partition_from_the_command_line(tmp_path):
     """Assets named with commas (as `dagster asset materialize --select` takes them), one partition: the
-    partitioned assets run for it, then the dataset over what is there."""
+    partitioned assets run for it, then the dataset over what is there; --config settings reach each run."""
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({"ops": {"cleaned_qa_pairs": {"config": {"min_answer_chars": 400}},
+                                          "chat_dataset": {"config": {"top_n": 7}},
+                                          "lora_adapter_top_10k": {"config": {"per_device_batch": 2}}}}))
     proc = run_cli(
         "materialize", "raw_question_batches,cleaned_qa_pairs,chat_dataset", "--partition", "05000-09999",
+        "--config", str(config),
         env_extra={"CV_PIPELINE_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    answers = pq.read_table(tmp_path / "data" / "cleaned" / "pairs_05000-09999.parquet").column("answer").to_pylist()
+    assert answers and min(map(len, answers)) >= 400
+    assert len((tmp_path / "data" / "chat_dataset" / "top_10k.jsonl").read_text().splitlines()) == 7
+    assert "note: --config settings for lora_adapter_top_10k were not used" in proc.stderr
+    # the sample site's rows are generated, and the data card says so (the resource's real source label)
+    assert "(generated demo data)" in (tmp_path / "data" / "chat_dataset" / "README.md").read_text().splitlines()[0]
     data = tmp_path / "data"
     raw, cleaned = data / "raw" / "questions_05000-09999.json", data / "cleaned" / "pairs_05000-09999.parquet"
     assert raw.exists() and cleaned.exists() and (data / "chat_dataset" / "hf").is_dir()
@@ -272,9 +300,26 @@ def test_ui_started_from_another_folder_uses_the_data_folder_of_that_folder(tmp_
     monkeypatch.setenv("CV_PIPELINE_DATA_DIR", "mydata")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    # A run a killed `cv-pipeline materialize` left STARTED, holding the gpu slot the UI's runs would queue behind.
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cli.dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", 1)
+        killed = create_run_for_test(instance, job_name="train_and_evaluate", status=dg.DagsterRunStatus.STARTED,
+                                     tags={**cli._cli_tags(), cli.CLI_PID_TAG: str(dead.pid)})
+        assert instance.event_log_storage.claim_concurrency_slot("gpu", killed.run_id, "lora_adapter_top_10k").is_claimed
+    monkeypatch.delenv("DAGSTER_HOME")
+
     assert cli.main(["ui", "--port", "3321"]) == 0
     assert seen["cwd"] == cli.REPO_ROOT and seen["cmd"][-2:] == ["-p", "3321"]
     assert seen["data"] == str(tmp_path / "mydata") and seen["home"] == str(tmp_path / ".dagster_home")
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
 
 
 def test_cv_pipeline_ui_serves_the_project_with_its_daemon(tmp_path):
@@ -426,24 +471,60 @@ def test_on_a_gpu_the_demo_trains_and_evaluates_in_fresh_processes(tmp_path, mon
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     ran: list[tuple[str, list[str]]] = []
     in_process: list[str] = []
-    monkeypatch.setattr(cli, "_run", lambda execute, what, verbose: in_process.append(what))
+    monkeypatch.setattr(cli, "_run", lambda execute, what, verbose, settings=None: in_process.append((what, settings)))
     monkeypatch.setattr(cli, "_report", lambda result: None)
-    monkeypatch.setattr(cli, "_run_in_fresh_process", lambda profile, args, verbose: ran.append((profile, args)))
+    stage_settings = []
+
+    def fresh(profile, args, verbose):  # reads a stage's --config file while it exists
+        ran.append((profile, args[:2]))
+        stage_settings.append(json.loads(Path(args[3]).read_text())["ops"] if args[2:3] == ["--config"] else None)
+
+    monkeypatch.setattr(cli, "_run_in_fresh_process", fresh)
+    settings = {"cleaned_qa_pairs": {"config": {"min_answer_chars": 40}},
+                "lora_adapter_top_10k": {"config": {"per_device_batch": 2}}}
+    (tmp_path / "settings.yaml").write_text(json.dumps({"ops": settings}))
 
     monkeypatch.setattr(cli, "_gpu_visible", lambda: True)
-    cli.run_pipeline("demo")
-    assert in_process == ["collect_and_clean [00000-04999]", "collect_and_clean [05000-09999]"]
+    cli.run_pipeline("demo", config=str(tmp_path / "settings.yaml"))
+    cleaning = {"cleaned_qa_pairs": settings["cleaned_qa_pairs"]}
+    assert in_process == [("collect_and_clean [00000-04999]", cleaning), ("collect_and_clean [05000-09999]", cleaning)]
     assert ran == [("demo", ["materialize", "base_model,chat_dataset"]),
                    ("demo", ["materialize", "lora_adapter_all_pairs,lora_adapter_top_10k"]),
                    ("demo", ["materialize", "adapter_evaluation,adapter_exports"])]
+    assert stage_settings == [None, {"lora_adapter_top_10k": settings["lora_adapter_top_10k"]}, None]
     _, defs = cli._definitions("demo")
     job = defs.resolve_job_def("train_and_evaluate").asset_layer.selected_asset_keys
     assert {dg.AssetKey(name) for _, (_, select) in ran for name in select.split(",")} == set(job)
 
     ran.clear(), in_process.clear()
     monkeypatch.setattr(cli, "_gpu_visible", lambda: False)
-    cli.run_pipeline("demo")
-    assert ran == [] and in_process[-1] == "train_and_evaluate"
+    cli.run_pipeline("demo", config=str(tmp_path / "settings.yaml"))
+    assert ran == [] and in_process[-1] == ("train_and_evaluate", {"lora_adapter_top_10k": settings["lora_adapter_top_10k"]})
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("resources: {}\n", ["expected a mapping with one key, ops:", "(got ['resources'])"]),
+        ("ops:\n  chat_datasett: {config: {top_n: 3}}\n", ["no asset named chat_datasett; the assets are adapter_evaluation"]),
+        ("ops: [\n", ["not YAML or JSON"]),
+        ("- 1\n", ["expected a mapping", "(got list)"]),
+    ],
+)
+def test_a_bad_config_file_is_named_with_what_it_should_hold(tmp_path, text, says):
+    from cv_pipeline import cli
+
+    (tmp_path / "c.yaml").write_text(text)
+    _, defs = cli._definitions("demo")
+    with pytest.raises(SystemExit) as stop:
+        cli._settings_file(str(tmp_path / "c.yaml"), defs)
+    message = str(stop.value)
+    assert message.startswith(f"--config {tmp_path / 'c.yaml'}: ")
+    for piece in says:
+        assert piece in message, message
+    with pytest.raises(SystemExit, match="No such file"):
+        cli._settings_file(str(tmp_path / "missing.yaml"), defs)
+    assert cli._settings_file(None, defs) == {}
 
 
 def test_a_stage_run_in_a_fresh_process_ends_this_command_as_it_ended(tmp_path, monkeypatch):

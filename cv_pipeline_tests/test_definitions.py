@@ -248,6 +248,20 @@ def test_the_daemon_does_not_rerun_a_failure_marked_not_to_be_retried(tmp_path, 
         assert not should_retry(instance.get_run_by_id(result.run_id), instance)
 
 
+def test_an_adapter_without_a_chat_dataset_fails_at_once_saying_what_to_materialise(tmp_path):
+    """A missing dataset does not appear on a retry: one failure naming chat_dataset, not two."""
+    defs = build_definitions(get_profile("demo"), data_dir=tmp_path / "data")
+    result = dg.materialize(
+        [*defs.assets], selection=["lora_adapter_all_pairs"], resources=defs.resources, raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    kinds = [e.event_type_value for e in result.all_events]
+    assert not result.success and "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no chat dataset at" in failure.event_specific_data.error.message
+    assert "materialise chat_dataset first" in failure.event_specific_data.error.message
+
+
 def test_a_training_error_fails_the_adapter_at_once_instead_of_under_the_retry_policy(tmp_path):
     """The adapters' RetryPolicy is for crashes (training resumes from its checkpoint). A TrainingError (a
     setting, the data or GPU memory: its message says what to change) would only come back, after reloading

@@ -50,7 +50,12 @@ def executor():
     only where DAGSTER_HOME holds the project's dagster.yaml: this holds whatever instance runs it."""
     import dagster as dg
 
-    if os.environ.get("CV_PIPELINE_EXECUTOR") != "k8s":
+    choice = os.environ.get("CV_PIPELINE_EXECUTOR", "").strip()
+    if choice not in ("", "local", "k8s"):  # a misspelling would otherwise run every step locally, unnoticed
+        from cv_pipeline.profiles import SettingError
+
+        raise SettingError(f"CV_PIPELINE_EXECUTOR={choice!r}: use 'k8s' (a pod per step) or 'local' (the default; or unset it)")
+    if choice != "k8s":
         return dg.multi_or_in_process_executor.configured(
             {"multiprocess": {"tag_concurrency_limits": [{"key": ONE_GPU_TAG, "limit": 1}]}}
         )

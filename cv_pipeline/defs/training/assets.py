@@ -73,10 +73,12 @@ def build_adapter_asset(spec: AdapterSpec, profile: Profile, base_model: dg.Asse
                 "fix what they report, then materialise chat_dataset (its checks run with it) before training",
                 allow_retries=False,
             )
+        try:
+            train = load_split(data_dir.published("chat_dataset"), "train" if spec.subset == "all" else "top_10k")
+        except (FileNotFoundError, KeyError) as exc:  # no dataset yet: a retry would not find one either
+            raise dg.Failure(description=str(exc).strip("'\""), allow_retries=False) from exc
         device = gpu.info()
         context.log.info(f"device: {device}")
-        dataset_dir = data_dir.published("chat_dataset")
-        train = load_split(dataset_dir, "train" if spec.subset == "all" else "top_10k")
         hparams = TrainingHyperparams(
             learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, per_device_batch=config.per_device_batch, grad_accum=config.grad_accum,
             packing=config.packing, gradient_checkpointing=config.gradient_checkpointing,
