@@ -617,6 +617,19 @@ def test_the_data_card_names_the_site_counts_each_licence_and_says_the_text_was_
     other = [r | {"link": f"https://cstheory.meta.stackexchange.com/questions/{r['question_id']}"} for r in rows]
     card = write_datacard(build_chat_dataset(other, top_n=5), tmp_path, source="a dump")[0].read_text()
     assert card.startswith("# cstheory.meta.stackexchange.com chat dataset") and "Cross Validated" not in card
+    assert "Generated data" not in card
+
+
+def test_the_data_card_of_generated_sample_site_data_says_it_is_not_real_posts(tmp_path):
+    """The demo's rows carry real-looking stats.stackexchange.com links; the card must not pass them off as posts."""
+    from cv_pipeline.curation.datacard import write_datacard
+
+    ds = build_chat_dataset([pair(q, q) for q in range(1, 41)], top_n=5)
+    card = write_datacard(ds, tmp_path, source="sample_site n=10000 seed=0 http://127.0.0.1/2.3 site=stats")[0].read_text()
+    assert card.startswith("# Cross Validated chat dataset (generated demo data)\n")
+    assert "**Generated data.** The embedded sample site wrote these questions and answers" in card
+    assert "they are not posts from Cross Validated (stats.stackexchange.com)" in card
+    assert "**The text is modified**" in card  # what real data requires still follows
 
 
 @pytest.mark.parametrize("asset, field", [("chat_dataset", "top_n"), ("cleaned_qa_pairs", "min_question_chars"),

@@ -373,3 +373,21 @@ def test_the_llama_cpp_check_says_what_it_needs_where_llama_cpp_is_missing(tmp_p
                           timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0
     assert "llama-cpp-python is not installed" in proc.stderr
+
+
+def test_the_export_readme_says_where_the_base_gguf_for_llama_cpp_is(tmp_path: Path) -> None:
+    """`llama-cli -m base.gguf` alone left the user to find the file: for the embedded base it is named."""
+    from cv_pipeline.training.base_model import INFO_FILE, embedded_gguf_path
+
+    gguf_file = embedded_gguf_path()  # installed by the project's bootstrap
+    (tmp_path / INFO_FILE).write_text(json.dumps({"source": "embedded", "gguf": gguf_file.name}))
+    assert export._base_gguf(tmp_path) == gguf_file
+    text = export._readme("cv-top-10k", str(tmp_path), True, export._base_gguf(tmp_path))
+    assert f"`llama-cli -m {gguf_file} --lora adapter.gguf`" in text and "base.gguf" not in text
+
+    (tmp_path / INFO_FILE).write_text(json.dumps({"source": "unsloth/Llama-3.2-3B-Instruct"}))
+    assert export._base_gguf(tmp_path) is None
+    text = export._readme("cv-top-10k", str(tmp_path), True, None)
+    assert "`llama-cli -m base.gguf --lora adapter.gguf`" in text and "convert_hf_to_gguf.py" in text
+    assert "adapter.gguf" not in export._readme("cv-top-10k", str(tmp_path), False, None)
+    assert export._base_gguf(tmp_path / "missing") is None

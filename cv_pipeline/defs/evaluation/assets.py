@@ -37,7 +37,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         op_tags=GPU_STEP,
         group_name="evaluation",
         automation_condition=FOLLOW_RETRAINED_ADAPTERS if profile.auto_retrain else None,
-        code_version="6",  # 6: the answered questions are among the loss rows; rows an adapter trained on are left out; 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
+        code_version="7",  # 7: the report names the base model and says when the data was generated; 6: the answered questions are among the loss rows; rows an adapter trained on are left out; 5: an over-long question is shortened, the prompt's template kept; bf16 only on GPUs that compute in it; 4: answers scored up to their EOS, as trained; 3: merge_adapters 'auto' (merged only in float32; merged in float32, rounded once)
         kinds={"pytorch", "markdown"},
         description="Base model vs each adapter: held-out loss and perplexity, ROUGE-L and embedding similarity "
         "of generated answers, and the report's three prompts side by side.",
@@ -65,6 +65,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         results = evaluate_models(
             data_dir.base_model_dir(), adapter_dirs, test_rows, REPORT_PROMPTS,
             EvalConfig(**config.model_dump()), out_dir, log=context.log, device=device.device, training_curves=curves,
+            data_source=profile.source,
         )
         files = results["artifacts"]
         metadata = {
