@@ -18,6 +18,9 @@ bench: install
 	.venv/bin/python benchmarks/bench_trainer_cpu.py
 
 # Pin what .venv holds now (run after an upgrade has passed `make test`).
+LOCK_HEADER = "\# Every package at the version the test suite last passed with, on Linux x86_64 and Python 3.11" \
+	"\# (scripts/bootstrap.sh installs through it). To upgrade: \`pip install -U\` the package into .venv, \`make test\`," \
+	"\# then \`make lock\`."
 lock:
-	{ sed -n '/^#/p;/^#/!q' constraints.txt; .venv/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.tmp
+	{ printf '%s\n' $(LOCK_HEADER); .venv/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt

@@ -149,34 +149,75 @@ Partitioned assets (raw_question_batches, cleaned_qa_pairs) run for --partition,
 the profile's partitions, before the rest of the selection. `cv-pipeline list` shows the assets."""
 
 
+def _read_settings(path: str) -> object:
+    """A settings file's contents: JSON as JSON, else YAML read as the launchpad's editor reads it (YAML 1.2:
+    ``2e-5`` is a number, ``off``/``yes`` are strings, only ``true``/``false`` are booleans)."""
+    import yaml
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise SystemExit(f"--config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"--config {path}: not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.load(text, Loader=_yaml12_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _yaml12_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver(float_tag, re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
 def _settings_file(path: str | None, defs) -> dict[str, dict]:
     """The per-asset settings of a run config file (``--config``): its ``ops:``, as the launchpad shows them.
 
-    YAML or JSON, e.g. ``ops: {lora_adapter_top_10k: {config: {per_device_batch: 4, grad_accum: 4}}}``. Each run
-    of the command gets the entries of the assets it materialises; Dagster validates the values.
+    YAML or JSON, e.g. ``ops: {lora_adapter_top_10k: {config: {per_device_batch: 4, grad_accum: 4}}}``. Every
+    entry is checked against its asset's settings before anything runs; each run of the command then gets the
+    entries of the assets it materialises. (Limits such as ``top_n >= 0`` are checked when that asset runs.)
     """
     if path is None:
         return {}
-    import yaml
+    import dagster as dg
 
     shape = ("a mapping with one key, ops:, holding each asset's settings as the launchpad shows them, e.g.\n"
              "  ops:\n    lora_adapter_top_10k:\n      config: {per_device_batch: 4, grad_accum: 4}")
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SystemExit(f"--config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    data = _read_settings(path)
     if data is None:
         return {}
     if not isinstance(data, dict) or set(data) != {"ops"} or not isinstance(data["ops"], dict):
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise SystemExit(f"--config {path}: expected {shape}\n(got {keys})")
-    names = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+    graph = defs.resolve_asset_graph()
+    names = {k.to_user_string() for k in graph.materializable_asset_keys}
     unknown = sorted(map(str, set(data["ops"]) - names))
     if unknown:
         raise SystemExit(f"--config {path}: no asset named {', '.join(unknown)}; the assets are {', '.join(sorted(names))}")
-    return {name: entry for name, entry in data["ops"].items()}
+    for name, entry in data["ops"].items():
+        job = dg.define_asset_job("config_check", selection=[dg.AssetKey(name)]).resolve(asset_graph=graph)
+        try:
+            dg.validate_run_config(job, {"ops": {name: entry}})
+        except dg.DagsterInvalidConfigError as exc:
+            problems = "\n".join(f"  {error.message}" for error in exc.errors)
+            raise SystemExit(f"--config {path}: the settings of {name} do not fit it:\n{problems}") from None
+    return dict(data["ops"])
 
 
 def _settings_for(settings: dict[str, dict], keys, used: set[str]) -> dict[str, dict]:
@@ -557,7 +598,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             _release_dead_runs(instance)
         if args.profile:
             os.environ["CV_PIPELINE_PROFILE"] = args.profile
-        _profile(args.profile)  # a misspelt profile is named here, not as a broken code location in the UI
+        _definitions(args.profile)  # a misspelt profile or setting is named here, not as a broken code location in the UI
         # dagster dev runs in the repository: pin the data folder this command would use (resolved here).
         os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir())
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),

@@ -509,12 +509,18 @@ def test_on_a_gpu_the_demo_trains_and_evaluates_in_fresh_processes(tmp_path, mon
         ("ops:\n  chat_datasett: {config: {top_n: 3}}\n", ["no asset named chat_datasett; the assets are adapter_evaluation"]),
         ("ops: [\n", ["not YAML or JSON"]),
         ("- 1\n", ["expected a mapping", "(got list)"]),
+        # checked against each asset's settings before anything runs, not when its run starts
+        ("ops:\n  chat_dataset: {config: {top_nn: 3}}\n", ["the settings of chat_dataset do not fit it", '"top_nn"']),
+        ("ops:\n  chat_dataset:\n", ["the settings of chat_dataset do not fit it", "must not be None"]),
+        ("ops:\n  lora_adapter_top_10k: {config: {packing: yes}}\n", ['Value "yes"', '"Bool"']),  # YAML 1.2: a string
+        ('{"ops": {"base_model": {"config": {"source": 3}}}}', ["the settings of base_model do not fit it", '"String"']),
+        (b"ops: {chat_dataset: {config: {top_n: \xff}}}", ["not UTF-8 text"]),
     ],
 )
 def test_a_bad_config_file_is_named_with_what_it_should_hold(tmp_path, text, says):
     from cv_pipeline import cli
 
-    (tmp_path / "c.yaml").write_text(text)
+    (tmp_path / "c.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     _, defs = cli._definitions("demo")
     with pytest.raises(SystemExit) as stop:
         cli._settings_file(str(tmp_path / "c.yaml"), defs)
@@ -525,6 +531,22 @@ def test_a_bad_config_file_is_named_with_what_it_should_hold(tmp_path, text, say
     with pytest.raises(SystemExit, match="No such file"):
         cli._settings_file(str(tmp_path / "missing.yaml"), defs)
     assert cli._settings_file(None, defs) == {}
+
+
+def test_config_yaml_is_read_as_the_launchpad_reads_it(tmp_path):
+    """YAML 1.2, as the launchpad's editor: an exponent without a dot is a number (PyYAML's YAML 1.1 made '2e-5' a
+    string, and the learning rate then failed in the training stage), and off/yes stay strings (1.1 made `off`
+    False, which gradient_checkpointing refuses); JSON is read as JSON."""
+    from cv_pipeline import cli
+
+    _, defs = cli._definitions("demo")
+    (tmp_path / "c.yaml").write_text("ops:\n  lora_adapter_top_10k:\n    config: {learning_rate: 2e-5, warmup_steps: 3,"
+                                     " gradient_checkpointing: off, packing: true}\n")
+    settings = cli._settings_file(str(tmp_path / "c.yaml"), defs)
+    assert settings == {"lora_adapter_top_10k": {"config": {"learning_rate": 2e-5, "warmup_steps": 3,
+                                                            "gradient_checkpointing": "off", "packing": True}}}
+    (tmp_path / "c.json").write_text(json.dumps({"ops": settings}))
+    assert cli._settings_file(str(tmp_path / "c.json"), defs) == settings
 
 
 def test_a_stage_run_in_a_fresh_process_ends_this_command_as_it_ended(tmp_path, monkeypatch):

@@ -632,6 +632,17 @@ def test_the_data_card_of_generated_sample_site_data_says_it_is_not_real_posts(t
     assert "**The text is modified**" in card  # what real data requires still follows
 
 
+def test_a_saved_dataset_records_its_source_for_the_evaluation(tmp_path):
+    """The report follows the data, not the profile: a full-profile evaluation of the demo's data says it is generated."""
+    from cv_pipeline.curation.dataset import dataset_source, generated_source
+
+    label = "sample_site n=10000 seed=0 http://127.0.0.1/2.3 site=stats; partitions pairs_00000-04999"
+    save_chat_dataset(build_chat_dataset([pair(q, q) for q in range(1, 41)], top_n=5), tmp_path / "cd", source=label)
+    assert dataset_source(tmp_path / "cd") == label and generated_source(label)
+    assert dataset_source(tmp_path / "missing") is None and not generated_source(None)
+    assert not generated_source("api https://api.stackexchange.com/2.3 site=stats")
+
+
 @pytest.mark.parametrize("asset, field", [("chat_dataset", "top_n"), ("cleaned_qa_pairs", "min_question_chars"),
                                           ("cleaned_qa_pairs", "min_answer_chars")])
 def test_a_negative_count_in_the_launchpad_is_refused_naming_the_field(tmp_path, asset, field):

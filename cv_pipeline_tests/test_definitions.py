@@ -204,7 +204,7 @@ def test_instance_yaml_is_valid_and_pools_limited_to_one(tmp_path):
     assert config["concurrency"]["pools"]["default_limit"] == 1
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_retries"]["enabled"] is True
-    assert config["freshness"]["enabled"] is True  # else the daemon never judges raw_question_batches' policy
+    assert config["freshness"]["enabled"] is True  # Dagster 1.13's default for a preview feature: kept on explicitly
 
 
 def test_raw_batches_turn_overdue_only_after_a_scheduled_rescrape_was_missed(defs):

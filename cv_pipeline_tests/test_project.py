@@ -1,6 +1,7 @@
 """The install is reproducible: constraints.txt pins every package to the versions the tests passed with,
-and it agrees with what pyproject.toml asks for (a dependency added or bumped there without `make lock`
-fails here, not on a fresh machine months later)."""
+and it agrees with what pyproject.toml asks for: each direct dependency (all extras) is pinned to a version
+its specifier allows, so a dependency added or bumped there without re-pinning fails here, not on a fresh
+machine months later. (The transitive pins come from `make lock`, i.e. pip freeze of a tested .venv.)"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from cv_pipeline.atomic import write_text
-from cv_pipeline.curation.dataset import ChatDataset
+from cv_pipeline.curation.dataset import ChatDataset, generated_source
 from cv_pipeline.plots import histograms
 
 
@@ -25,12 +25,6 @@ def _site(rows: list[dict]) -> tuple[str, str]:
         return "Stack Exchange", "a Stack Exchange site"
     host = hosts.most_common(1)[0][0]
     return (_SITE_NAMES[host], f"{_SITE_NAMES[host]} ({host})") if host in _SITE_NAMES else (host, host)
-
-
-def generated(source: str) -> bool:
-    """Whether the rows came from the embedded sample site (its source label starts "sample_site "): generated
-    text in a real site's shape, with links and licences that imitate real ones."""
-    return source.startswith("sample_site ")
 
 
 def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, Path]:
@@ -57,7 +51,7 @@ def write_datacard(ds: ChatDataset, out_dir: Path, source: str) -> tuple[Path, P
         f"(the demo's corpus); they are not posts from {site}. Their links and licences imitate real ones so that "
         "the pipeline's attribution can be exercised and checked, and point at no such text. What follows says "
         "what real data from the site requires.\n"
-        if generated(source) else ""
+        if generated_source(source) else ""
     )
     text = f"""# {site_name} chat dataset{" (generated demo data)" if note else ""}
 {note}

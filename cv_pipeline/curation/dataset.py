@@ -205,6 +205,23 @@ def content_hash(splits: dict[str, list[dict]], top: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
+SOURCE_FILE = "source.txt"  # where the rows came from: the cleaned partitions' source label
+
+
+def generated_source(source: str | None) -> bool:
+    """Whether a source label is the embedded sample site's ("sample_site n=... seed=..."): generated text in a
+    real site's shape, whose links and licences only imitate real ones."""
+    return bool(source) and source.startswith("sample_site ")
+
+
+def dataset_source(dataset_dir: Path) -> str | None:
+    """The source label a saved chat dataset records; None for one saved before datasets recorded it."""
+    try:
+        return (Path(dataset_dir) / SOURCE_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
 def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -> Path:
     """Write a Hugging Face DatasetDict (Arrow), one JSONL per split and the data card, as one folder, atomically."""
     import datasets  # heavy import: only when saving
@@ -228,6 +245,7 @@ def save_chat_dataset(ds: ChatDataset, out_dir: Path, source: str = "unknown") -
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         (tmp / "data_version.txt").write_text(ds.data_version + "\n")
+        (tmp / SOURCE_FILE).write_text(source + "\n")
         write_datacard(ds, tmp, source)
     return out_dir
 

@@ -609,7 +609,7 @@ def evaluate_models(
 
     Returns the results dict; when ``out_dir`` is given also writes the report there
     (``results["artifacts"]`` lists the files, ``results["markdown_table"]`` is for the UI).
-    ``data_source`` (a profile's: sample_site, api or dump) is what the report's attribution says the text is.
+    ``data_source``: the chat dataset's source label (``dataset_source``); the report says when it is generated.
     """
     from peft import PeftModel
 

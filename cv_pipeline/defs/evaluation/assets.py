@@ -43,7 +43,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         "of generated answers, and the report's three prompts side by side.",
     )
     def adapter_evaluation(context: dg.AssetExecutionContext, config: EvaluationSettings, gpu: GPUResource, data_dir: DataDirResource) -> dg.MaterializeResult:
-        from cv_pipeline.curation.dataset import load_split
+        from cv_pipeline.curation.dataset import dataset_source, load_split
         from cv_pipeline.evaluation.evaluator import REPORT_PROMPTS, TRAINING_SUMMARY, EvalConfig, evaluate_models, read_json
 
         device = gpu.info()
@@ -65,7 +65,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         results = evaluate_models(
             data_dir.base_model_dir(), adapter_dirs, test_rows, REPORT_PROMPTS,
             EvalConfig(**config.model_dump()), out_dir, log=context.log, device=device.device, training_curves=curves,
-            data_source=profile.source,
+            data_source=dataset_source(data_dir.published("chat_dataset")),
         )
         files = results["artifacts"]
         metadata = {
@@ -93,7 +93,7 @@ def build_evaluation_assets(profile: Profile, training: list[dg.AssetsDefinition
         deps=[adapter_evaluation, base_model, *adapters],
         group_name="evaluation",
         automation_condition=FOLLOW_EVALUATION if profile.auto_retrain else None,
-        code_version="1",
+        code_version="2",  # 2: the export README names the embedded base's GGUF file
         kinds={"safetensors", "ollama"},
         op_tags=EXPORT_STEP,
         description="Per adapter: merged 16-bit weights, an Ollama Modelfile and a GGUF LoRA adapter.",
