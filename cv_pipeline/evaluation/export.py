@@ -278,12 +278,13 @@ def export_adapter(
 
 def _base_gguf(base_dir: Path) -> Path | None:
     """The GGUF file the base model was converted from, where it was (the embedded model's, in its package)."""
-    from cv_pipeline.training.base_model import INFO_FILE, BaseModelError, embedded_gguf_path
+    from cv_pipeline.training.base_model import EMBEDDED, BaseModelError, embedded_gguf_path, preparation_record
 
+    if preparation_record(base_dir).get("source") != EMBEDDED:
+        return None
     try:
-        info = json.loads((Path(base_dir) / INFO_FILE).read_text())
-        return embedded_gguf_path() if info.get("source") == "embedded" else None
-    except (OSError, ValueError, BaseModelError):
+        return embedded_gguf_path()
+    except BaseModelError:  # the package is gone since: the README falls back to converting the folder
         return None
 
 

@@ -213,11 +213,11 @@ def _html(results: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px}.side{display:flex;gap:1em}.side>div{flex:1}"
         "pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}img{max-width:100%}"
     )
+    base, folder = _base_line(results)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Adapter evaluation</title>"
         f"<style>{style}</style></head><body><h1>Adapter evaluation</h1>"
-        f"<p>Base model: {esc(_base_line(results)[0]) + ', in ' if _base_line(results)[0] else ''}"
-        f"<code>{esc(_base_line(results)[1])}</code>.</p>"
+        f"<p>Base model: {esc(base) + ', in ' if base else ''}<code>{esc(folder)}</code>.</p>"
         + "".join(f"<p>{esc(paragraph)}</p>" for paragraph in _intro(results))
         + f"{table}<h2>Plots</h2>{imgs}"
         f"<h2>The report's three prompts</h2>{answers}<h2>Attribution</h2><p>{esc(attribution(results))}</p></body></html>\n"

@@ -107,6 +107,16 @@ def base_model_dir(out_dir: Path) -> Path:
         raise BaseModelError(f"{location} is unreadable ({exc}): materialise base_model again") from exc
 
 
+def preparation_record(model_dir: Path | str) -> dict:
+    """What preparing a base folder recorded in it (``INFO_FILE``: its source, the GGUF it was converted from, ...);
+    {} where there is no readable record (a local folder, used where it is, has none)."""
+    try:
+        data = json.loads((Path(model_dir) / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def validate_model_dir(path: Path, source: str | None = None) -> BaseModelInfo:
     """Check that ``path`` holds a loadable causal LM and describe it; BaseModelError otherwise."""
     path = Path(path)
