@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with everything it needs, once (re-runs when pyproject.toml changes).
+# Create .venv and install the project with everything it needs, once (re-runs when pyproject.toml, setup.py,
+# the pins or the cleaner's C accelerator change: the install compiles it, see setup.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-stamp=".venv/.installed-$(sha256sum pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-12)"
+stamp=".venv/.installed-$(sha256sum pyproject.toml setup.py constraints.txt scripts/bootstrap.sh cv_pipeline/curation/_fastclean.c | sha256sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

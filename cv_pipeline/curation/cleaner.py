@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import codecs
 import html as _html
+import os
 import re
 import threading
 import unicodedata
@@ -1104,7 +1105,57 @@ def _tree_pass(html: str, runs_pass: bool = True) -> tuple[str, LexborNode, bool
 
 
 
-def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Converted:
+# --------------------------------------------------------------------------------------------
+# The C accelerator (_fastclean.c): the same definition (_mark, normalize_chars, _layout(_collapse(...)))
+# in one C call per body, on selectolax's own Lexbor; it hands back (None) every body it is not sure of.
+
+
+def _char_rule(ascii_mode: int, cp: int) -> tuple[str, int, int]:
+    """Rule 4 for one non-ASCII character, for _fastclean's cache: its replacement, whether it counts as
+    changed, and whether it may be replaced on its own (in "ascii" mode only characters that cannot
+    take part in NFC composition: _fast_eligible)."""
+    ch = chr(cp)
+    if ascii_mode:
+        return _CHARMAPS["ascii"][ch], 1, int(_fast_eligible(ch))
+    changes = _UNICODE_CHANGING.match(ch) is not None
+    return (_CHARMAPS["unicode"][ch] if changes else ch), int(changes), 1
+
+
+def _load_accelerator():  # noqa: ANN202 (a module or None)
+    """_fastclean set up on the Lexbor inside selectolax's module; None (the pure-Python cleaner runs
+    alone) when it was not built, when CV_PIPELINE_PURE_PYTHON_CLEANER=1, or when selectolax's Lexbor
+    lacks a function it needs."""
+    if os.environ.get("CV_PIPELINE_PURE_PYTHON_CLEANER", "") not in ("", "0"):
+        return None
+    try:
+        from cv_pipeline.curation import _fastclean
+        import selectolax.lexbor as lexbor_module
+    except ImportError:
+        return None
+    fc = _fastclean
+    roles = {
+        **dict.fromkeys(_BLOCK_IDS, fc.BLOCK), _BLOCKQUOTE_ID: fc.QUOTE, _LI_ID: fc.LI, _BR_ID: fc.BR,
+        **{_tag_id(t): fc.UL for t in ("ul", "menu", "dir")}, _tag_id("ol"): fc.OL,
+        **{_tag_id(t): fc.CELL for t in ("td", "th")}, **{_tag_id(t): fc.ROW for t in ("tr", "caption")},
+        _tag_id("table"): fc.TABLE, **dict.fromkeys(_PRE_IDS, fc.PRE),
+        **{_tag_id(t): fc.DROP for t in _DROP_TAGS}, _IMG_ID: fc.IMG, _CODE_ID: fc.CODE,
+    }
+    try:
+        fc.setup(lexbor_module.__file__, roles, _char_rule)
+    except (ImportError, ValueError):
+        return None
+    return fc
+
+
+_FAST = _load_accelerator()
+
+
+def accelerated() -> bool:
+    """Whether the C accelerator runs (else the pure-Python cleaner does everything)."""
+    return _FAST is not None
+
+
+def _convert(html: str, config: CleaningConfig, runs_pass: bool = True, fast: bool = True) -> _Converted:
     conv = _Converted("")
     if not html:
         return conv
@@ -1113,6 +1164,11 @@ def _convert(html: str, config: CleaningConfig, runs_pass: bool = True) -> _Conv
     if _too_deep(html):
         _fallback(html, conv, config)
         return conv
+    if fast and _FAST is not None:
+        done = _FAST.clean(html, config.normalization == "ascii")
+        if done is not None:
+            conv.text, conv.has_pre, conv.images_dropped, conv.chars_normalized = done
+            return conv
     html, root, find_notices, runs = _tree_pass(html, runs_pass)
     if runs is not None:
         text, images, has_pre, markers = runs
