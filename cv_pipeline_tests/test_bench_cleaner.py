@@ -85,15 +85,16 @@ def test_body_kind(html: str, kind: str) -> None:
     assert bench_cleaner.body_kind(html) == kind
 
 
-def test_cut_short_cleaner_is_the_cleaners_first_steps() -> None:
-    # Laying out what the breakdown stops at gives the whole cleaner's text: the steps it times are ours.
+def test_bs4_with_c_layout_and_pure_python_give_our_text() -> None:
+    # The breakdown's variants do the same work: bs4 with the accelerator's layout, ours without it.
     bodies, _ = bench_cleaner.load_bodies(100)
-    for body in bodies:
-        normalized = bench_cleaner.without_layout(body)
-        if bench_cleaner.body_kind(body) == "paragraphs":
-            assert cleaner._join_blocks(normalized) == cleaner.html_to_text(body)
-        elif "notice" not in body:  # the runs pass, with markers: laid out, or handed to the general pass
-            assert cleaner._join_runs(normalized) in (None, cleaner.html_to_text(body))
+    for body in bodies + ["<p>caf\u00e9 \u4e2d</p>", "<ul><li>a<br>b</li></ul><p>e\u0301</p>"]:
+        for mode in ("ascii", "unicode"):
+            ours = cleaner.html_to_text(body, cleaner.CleaningConfig(normalization=mode))
+            assert bench_cleaner.bs4_html_to_text(body, normalization=mode, c_layout=True) == ours
+        assert bench_cleaner.pure_python(body) == cleaner.html_to_text(body)
+    if cleaner.accelerated():
+        assert not bench_cleaner.handed_back(bodies[0]) and bench_cleaner.handed_back("<p>notice</p>")
 
 
 def test_benchmark_script_runs_and_records_its_figures(tmp_path: Path) -> None:
@@ -112,7 +113,10 @@ def test_benchmark_script_runs_and_records_its_figures(tmp_path: Path) -> None:
     assert result["selectolax"]["bodies_per_s_cpu"] > 0 and result["beautifulsoup"]["bodies_per_s_cpu"] > 0
     assert result["goal_met_speedup"] == (result["speedup_cpu"] >= bench_cleaner.GOAL_RATIO)
     breakdown = result["breakdown"]
-    assert set(breakdown["us_per_body"]) == {"parse_and_tree_pass", "rule_4", "layout", "bs4_cleaner"}
+    assert set(breakdown["us_per_body"]) == {
+        "ours", "ours_pure_python", "lexbor_parse_text", "bs4_cleaner", "bs4_cleaner_with_c_layout"
+    }
+    assert result["accelerated"] == cleaner.accelerated() and 0 <= breakdown["handed_back_fraction"] <= 1
     kinds = breakdown["by_kind"]
     assert sum(row["bodies"] for row in kinds.values()) == 80
     assert sum(row["share_of_our_time"] for row in kinds.values()) == pytest.approx(1.0, abs=0.01)
