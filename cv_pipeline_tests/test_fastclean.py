@@ -181,3 +181,25 @@ def test_threads_get_the_same_text(fast) -> None:
         t.join()
     for k, texts in results.items():
         assert texts == (expected if k % 2 else expected[::-1])
+
+
+def test_switched_off_the_python_passes_clean_alike() -> None:
+    """CV_PIPELINE_PURE_PYTHON_CLEANER=1 (or no compiler at install): the whole cleaner in Python, same text."""
+    import json
+    import subprocess
+    import sys
+
+    from cv_pipeline_tests.conftest import REPO_ROOT
+
+    bodies = TAKEN + [h for h, _ in HANDED_BACK if "\ud800" not in h]
+    code = (
+        "import json, sys\nfrom cv_pipeline.curation import cleaner\n"
+        "bodies = json.load(sys.stdin)\n"
+        "print(json.dumps([cleaner.accelerated(), [cleaner.html_to_text(b) for b in bodies]]))"
+    )
+    env = {**os.environ, "CV_PIPELINE_PURE_PYTHON_CLEANER": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(bodies), capture_output=True, text=True,
+                          env=env, cwd=REPO_ROOT, timeout=300, check=True)
+    accelerated, texts = json.loads(proc.stdout)
+    assert accelerated is False
+    assert texts == [html_to_text(b) for b in bodies]

@@ -9,7 +9,8 @@ import dagster as dg
 
 from cv_pipeline.defs.collection.assets import raw_question_batches
 from cv_pipeline.defs.curation import checks as curation_checks
-from cv_pipeline.defs.curation.assets import cleaned_qa_pairs
+from cv_pipeline.curation import cleaner
+from cv_pipeline.defs.curation.assets import CLEANER_ACCELERATED, CLEANER_PURE_PYTHON, cleaned_qa_pairs
 from cv_pipeline.defs.resources import DataDirResource, StackExchangeResource
 from cv_pipeline.sources.sample_site import SampleSite
 
@@ -55,6 +56,7 @@ def test_a_partition_materialises_and_rematerialises_byte_identically(tmp_path):
         assert cleaned["rule/input"] == 700
         assert cleaned["rule/kept"] == cleaned["dagster/row_count"] > 0
         assert cleaned["rule/dropped_code_block"] > 0  # the corpus has <pre> blocks, the rule drops them
+        assert cleaned["cleaner"] == (CLEANER_ACCELERATED if cleaner.accelerated() else CLEANER_PURE_PYTHON)
         assert all(c.passed for c in first.get_asset_check_evaluations())
 
         second = materialize(site.base_url, tmp_path)

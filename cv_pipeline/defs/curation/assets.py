@@ -36,6 +36,11 @@ class CleaningSettings(dg.Config):
         return cleaner.CleaningConfig(**self.model_dump())
 
 
+# Which implementation cleaned a partition (the same rules and text either way; see cleaner.py).
+CLEANER_ACCELERATED = "selectolax/Lexbor with the C accelerator"
+CLEANER_PURE_PYTHON = "selectolax, pure Python (the C accelerator was not built)"
+
+
 @dg.asset(
     partitions_def=question_ranges,
     deps=[raw_question_batches],
@@ -63,10 +68,12 @@ def cleaned_qa_pairs(
     out = data_dir.cleaned_file(key)
     with atomic_path(out, suffix=".parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=with_source(CLEANED_SCHEMA, batch.source)), tmp)
-    context.log.info(f"partition {key}: kept {len(rows)} of {len(batch.questions)} pairs; counts {counts}")
+    how = CLEANER_ACCELERATED if cleaner.accelerated() else CLEANER_PURE_PYTHON
+    context.log.info(f"partition {key}: kept {len(rows)} of {len(batch.questions)} pairs ({how}); counts {counts}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),
+            "cleaner": how,
             **{f"rule/{name}": int(n) for name, n in sorted(counts.items())},
             "path": dg.MetadataValue.path(str(out)),
             "preview": dg.MetadataValue.md(md_table(rows[:5], ["question_id", "question_score", "question", "answer"])),
