@@ -12,11 +12,10 @@
  * Lexbor is not linked: selectolax's extension module carries it, with its functions exported, and
  * `setup()` looks them up in that module by name (dlsym) when cleaner.py is imported. Only Lexbor's
  * functions are used, never its structs' layout (the "_noi" functions are Lexbor's non-inline
- * accessors, there for bindings like this one); tag ids and node kinds come from cleaner.py, which
- * reads them off parses. If a function is missing (another selectolax), setup() fails and cleaner.py
- * runs alone.
+ * accessors, there for bindings like this one); tag ids come from cleaner.py, which reads them off
+ * parses, and node kinds are the DOM's numbers, which Lexbor's enum uses. If a function is missing
+ * (another selectolax), setup() fails and cleaner.py runs alone.
  */
-#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
@@ -193,7 +192,7 @@ static int squash_into(buf_t *dst, const char *s, size_t n) {
 }
 
 static char *find_marker(char *s, size_t n, const char *pat, size_t plen) {
-    /* memmem for a pattern that starts with NUL: memchr to each NUL (glibc's memmem is slow here) */
+    /* where `pat` (starting with NUL) first occurs: memchr to each NUL (glibc's memmem is slow here) */
     char *end = s + n;
     while (s + plen <= end) {
         s = memchr(s, '\0', (size_t)(end - s) - plen + 1);
@@ -445,13 +444,18 @@ static inline int role_of(node_t *node) {
     return id < ROLE_IDS ? roles[id] : R_INLINE;
 }
 
-static int text_has_dollar(node_t *node, int *has) {
+/* Around a <code> holding "$" in a body with "$$": "\0c", so that no $$...$$ span starts or ends in code. */
+static int code_marker(node_t *node, int dollars) {
+    if (!dollars) return 0;
     size_t n = 0;
     lxb_char_t *t = lx_text(node, &n);
-    *has = t && memchr(t, '$', n) != NULL;
+    int has = t && memchr(t, '$', n) != NULL;
     if (t) lx_free_text(doc, t);
-    return 0;
+    return has ? put(&marked, "\0c", 2) : 0;
 }
+
+/* The ASCII characters Python's str.strip() removes */
+static inline int py_space(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F); }
 
 /* A blockquote that rule 2 might remove (its text starts with the duplicate notice's words): hand back. */
 static int maybe_duplicate_notice(node_t *node) {
@@ -459,7 +463,7 @@ static int maybe_duplicate_notice(node_t *node) {
     lxb_char_t *t = lx_text(node, &n);
     if (!t) return 0;
     size_t i = 0;
-    while (i < n && (t[i] == ' ' || (t[i] >= 0x09 && t[i] <= 0x0D) || (t[i] >= 0x1C && t[i] <= 0x1F))) i++;
+    while (i < n && py_space(t[i])) i++;
     int maybe = i < n && (t[i] >= 0x80 || (n - i >= 18 && memcmp(t + i, "Possible Duplicate", 18) == 0) ||
                           (n - i >= 13 && memcmp(t + i, "This question", 13) == 0));
     lx_free_text(doc, t);
@@ -474,10 +478,8 @@ static int ol_start(node_t *node, long long *start) {
     if (!v || n == 0) return 1;
     size_t i = 0, j = n;
     for (size_t k = 0; k < n; k++) if (v[k] >= 0x80 || v[k] == '_') return 0;
-#define WS(c) ((c) == ' ' || ((c) >= 0x09 && (c) <= 0x0D) || ((c) >= 0x1C && (c) <= 0x1F))
-    while (i < j && WS(v[i])) i++;
-    while (j > i && WS(v[j - 1])) j--;
-#undef WS
+    while (i < j && py_space(v[i])) i++;
+    while (j > i && py_space(v[j - 1])) j--;
     int neg = 0;
     if (i < j && (v[i] == '+' || v[i] == '-')) neg = v[i] == '-', i++;
     if (i == j) return 1; /* int() refuses it: 1 */
@@ -525,13 +527,7 @@ static int walk(node_t *root, int dollars, long *images) {
             case R_TABLE: err = put(&marked, "\0T", 2); break;
             case R_PRE: err = put(&marked, "\0X", 2); break;
             case R_IMG: ++*images; break;
-            case R_CODE:
-                if (dollars) {
-                    int has;
-                    text_has_dollar(node, &has);
-                    if (has) err = put(&marked, "\0c", 2);
-                }
-                break;
+            case R_CODE: err = code_marker(node, dollars); break;
             default: break;
             }
             if (err) return -1;
@@ -550,13 +546,7 @@ static int walk(node_t *root, int dollars, long *images) {
                 case R_UL: case R_OL: err = put(&marked, "\0E", 2); break;
                 case R_TABLE: err = put(&marked, "\0t", 2); break;
                 case R_PRE: err = put(&marked, "\0x", 2); break;
-                case R_CODE:
-                    if (dollars) {
-                        int has;
-                        text_has_dollar(node, &has);
-                        if (has) err = put(&marked, "\0c", 2);
-                    }
-                    break;
+                case R_CODE: err = code_marker(node, dollars); break;
                 default: break;
                 }
                 if (err) return -1;
@@ -592,10 +582,8 @@ static PyObject *finish(int ascii_mode, long *changed) {
     if (normalized == 0) return Py_NewRef(Py_None);
     if (collapse(&normed, &squashed) || layout(&squashed, &out)) return PyErr_NoMemory();
     size_t a = 0, b = out.n;
-#define STRIPPED(c) ((c) == ' ' || ((c) >= 0x09 && (c) <= 0x0D) || ((c) >= 0x1C && (c) <= 0x1F))
-    while (a < b && STRIPPED((unsigned char)out.p[a])) a++;
-    while (b > a && STRIPPED((unsigned char)out.p[b - 1])) b--;
-#undef STRIPPED
+    while (a < b && py_space((unsigned char)out.p[a])) a++;
+    while (b > a && py_space((unsigned char)out.p[b - 1])) b--;
     return PyUnicode_DecodeUTF8(out.p + a, (Py_ssize_t)(b - a), "strict");
 }
 
@@ -632,7 +620,7 @@ static PyObject *fc_clean(PyObject *self, PyObject *args) {
     const char *s = PyUnicode_AsUTF8AndSize(html, &n);
     if (!s) { PyErr_Clear(); Py_RETURN_NONE; } /* lone surrogates: the Python cleaner repairs them */
     if (n == 0) return Py_BuildValue("(sOii)", "", Py_False, 0, 0);
-    /* s is NUL-terminated: without a NUL inside, strstr (much faster than glibc's memmem for short words) */
+    /* s is NUL-terminated: with no NUL inside, strstr (much faster here than glibc's memmem) */
     if (strlen(s) != (size_t)n || strstr(s, "notice")) Py_RETURN_NONE;
     int dollars = strstr(s, "$$") != NULL;
     busy = 1;
