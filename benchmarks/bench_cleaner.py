@@ -24,7 +24,7 @@ off as well. The outputs of both bs4 variants must equal ours on every body (ass
 Rule 4 runs through the same `normalize_chars` on both sides, so its fast path (_FastAscii)
 speeds up both cleaners alike.
 
-Ours is the cleaner the pipeline runs: with its C accelerator (cleaner._FAST, _fastclean.c) where it
+Ours is the cleaner the pipeline runs: with its C accelerator (cleaner._ACCEL, _fastclean.c) where it
 was built, which cleans most bodies in one C call and hands the rest to the Python passes. Steps 3
 and 4 above are Python on the BeautifulSoup side. For transparency the same run also times:
 - "beautifulsoup_with_c_layout": bs4's parse and walk, then the accelerator's rule 4 and layout
@@ -148,8 +148,8 @@ def bs4_html_to_text(
             stack.append(closing)
         stack.extend(reversed(node.contents))
     marked = "".join(out)
-    if c_layout and cleaner._FAST is not None:  # the accelerator's rule 4 and layout (None: it hands back)
-        done = cleaner._FAST.lay_out(marked, normalization == "ascii")
+    if c_layout and cleaner._ACCEL is not None:  # the accelerator's rule 4 and layout (None: it hands back)
+        done = cleaner._ACCEL.lay_out(marked, normalization == "ascii")
         if done is not None:
             return done[0]
     marked, _ = cleaner.normalize_chars(marked, normalization)  # type: ignore[arg-type]
@@ -171,9 +171,9 @@ def pure_python(html: str) -> str:
 
 def handed_back(html: str) -> bool:
     """Does the accelerator hand this body to the Python passes (or is there no accelerator)?"""
-    if cleaner._FAST is None:
+    if cleaner._ACCEL is None:
         return True
-    return bool(html) and not cleaner._too_deep(html) and cleaner._FAST.clean(html, True) is None
+    return bool(html) and not cleaner._too_deep(html) and cleaner._ACCEL.clean(html, True) is None
 
 
 def body_kind(html: str) -> str:

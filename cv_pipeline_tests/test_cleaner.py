@@ -720,7 +720,11 @@ def test_runs_pass_layouts(html: str, expected: str, images: int) -> None:
      "<pre>a<br>b</pre>", "<table><tr><td><ul><li>a</li></ul></td></tr></table>",
      "<ul><li><table><tr><td>a</td></tr></table></li></ul>", "<table><caption><p>a</p><p>b</p></caption></table>",
      "<table><tr><td><table><tr><td>a</td></tr></table></td></tr></table>",
-     "<table><tr><td>x</td><td>$$a\n b$$</td></tr></table>", "<table><caption>$$a\tb$$</caption></table>"],
+     "<table><tr><td>x</td><td>$$a\n b$$</td></tr></table>", "<table><caption>$$a\tb$$</caption></table>",
+     # a block in a <caption> or <pre>, even an empty or blank one (its runs cannot show it)
+     "<table><caption><p>Title</p></caption><tr><td>x</td></tr></table>",
+     "<table><caption>a<p></p></caption><tr><td>b</td></tr></table>", "<pre>a\n<p>\n</p>\n</pre>b",
+     "<pre>x<div>\x0c</pre>y", "<listing>a<dt>\r</listing>b"],
 )
 def test_runs_pass_hands_over_what_it_cannot_lay_out(html: str) -> None:
     assert not _runs_pass_lays_out(html)

@@ -27,11 +27,11 @@ ASCII, UNICODE = CleaningConfig(), CleaningConfig(normalization="unicode")
 
 @pytest.fixture(scope="module")
 def fast():
-    if cleaner._FAST is None:
+    if cleaner._ACCEL is None:
         if os.environ.get("CV_PIPELINE_REQUIRE_ACCELERATOR", "") not in ("", "0"):
             pytest.fail("the C accelerator was not built or did not load, and CV_PIPELINE_REQUIRE_ACCELERATOR is set")
         pytest.skip("the cleaner's C accelerator is not built (no C compiler at install?): the pure-Python cleaner runs")
-    return cleaner._FAST
+    return cleaner._ACCEL
 
 
 def _python(html: str, config: CleaningConfig) -> tuple:
@@ -105,6 +105,8 @@ TAKEN = [
     "&#160;&nbsp;&#x2014;&#0;&#12;&#13;&#x85;&amp;&lt;p&gt;",
     "\u4e2d\u6587 <p>\U0001f600</p>",  # "ascii" hands these back (NFC, beyond the BMP), "unicode" keeps the BMP ones
     "<p>e\u0301 and a\u030a</p>",  # combining marks: "ascii" needs NFC, hands back
+    "<table><caption><p>Title</p></caption><tr><td>x</td></tr></table>", "<pre>a\n<p>\n</p>\n</pre>b",
+    "<ol start='000000000000000005'><li>a</li></ol>",
     "<math><![CDATA[x < y]]></math>",  # a text node (the HTML parser's CDATA in foreign content)
     "<hr><h1>t</h1><dl><dt>k</dt><dd>v</dd></dl><details><summary>s</summary>d</details>",
 ]
@@ -128,6 +130,7 @@ HANDED_BACK = [
     ("<p>a\ud800b</p>", "a lone surrogate"),
     ("<ol start='1_0'><li>a</li></ol>", "an <ol start> only Python's int() reads"),
     ("<ol start='\u0663'><li>a</li></ol>", "an <ol start> only Python's int() reads"),
+    ("<ol start='%s5'><li>a</li></ol>" % ("0" * 4300), "more digits than Python's int() reads (it says 1)"),
 ]
 
 
@@ -156,6 +159,26 @@ def test_lay_out_matches_python_on_marked_text(fast) -> None:
                 continue
             normalized, changed = cleaner.normalize_chars(marked, mode)  # type: ignore[arg-type]
             assert got == (cleaner._layout(cleaner._collapse(normalized)), changed), html
+
+
+@pytest.mark.parametrize("marked", ["\x00O99999999999999999999;\x00Ia", "\x00O 5;\x00Ia", "\x00Ox", "\x00O+5;\x00Ia"])
+def test_lay_out_hands_back_numbers_only_python_reads(fast, marked: str) -> None:
+    assert fast.lay_out(marked, True) is None
+
+
+def test_a_disagreeing_accelerator_stays_off(fast, monkeypatch) -> None:
+    """The canaries at import: if this selectolax's Lexbor made the C code differ from the Python passes, the
+    accelerator is not used (here the Python side is made to differ)."""
+    real_convert = cleaner._convert
+
+    def convert(html, config, runs_pass=True, fast=True):
+        conv = real_convert(html, config, runs_pass, fast)
+        conv.text += "!"
+        return conv
+
+    assert cleaner._load_accelerator() is not None
+    monkeypatch.setattr(cleaner, "_convert", convert)
+    assert cleaner._load_accelerator() is None
 
 
 def test_large_body_and_many_documents(fast) -> None:

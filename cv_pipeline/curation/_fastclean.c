@@ -92,6 +92,13 @@ static inline int putc_(buf_t *b, char c) {
 
 static buf_t marked = {0}, normed = {0}, squashed = {0}, out = {0};
 
+/* After a huge body, give its memory back rather than hold it for the life of the process. */
+#define KEEP_BYTES (8u << 20)
+static void trim(buf_t *b) {
+    if (b->cap > KEEP_BYTES) PyMem_RawFree(b->p), b->p = NULL, b->n = b->cap = 0;
+}
+static void trim_buffers(void) { trim(&marked), trim(&normed), trim(&squashed), trim(&out); }
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Rule 4: one cache entry per code point, filled by cleaner._char_rule (called once per character) */
 
@@ -109,7 +116,7 @@ static int lookup(int ascii_mode, uint32_t cp, charinfo_t *info) {
     charinfo_t *slot = &cache[ascii_mode][cp];
     if (slot->known) { *info = *slot; return 0; }
     PyObject *res = PyObject_CallFunction(char_rule, "iI", ascii_mode, (unsigned int)cp);
-    if (!res) return -1;
+    if (!res) { PyErr_Clear(); info->eligible = 0; return 0; } /* the Python cleaner will meet it and say */
     PyObject *rep;
     int count, eligible;
     if (!PyArg_ParseTuple(res, "Uii", &rep, &count, &eligible)) { Py_DECREF(res); return -1; }
@@ -316,16 +323,21 @@ static int emit(layout_t *L, const char *t, size_t n, int raw) {
 
 static inline int maxi(int a, int b) { return a > b ? a : b; }
 
-static long long parse_ll(const char *s, size_t n) {
-    /* the number cleaner.py wrote after "\0O" (an int clamped to +-1e9) */
-    long long v = 0;
-    int neg = 0;
-    size_t i = 0;
-    if (i < n && s[i] == '-') neg = 1, i++;
-    for (; i < n; i++) v = v * 10 + (s[i] - '0');
-    return neg ? -v : v;
+static int parse_start(const char *s, size_t n, long long *v) {
+    /* The number after "\0O": what cleaner.py writes (an int clamped to +-1e9) is "-?[0-9]{1,10}"; 0 for
+     * anything else (only lay_out's callers could pass it), which is handed back to Python's int(). */
+    size_t i = s[0] == '-' && n > 1;
+    if (n - i < 1 || n - i > 10) return 0;
+    long long x = 0;
+    for (size_t k = i; k < n; k++) {
+        if (s[k] < '0' || s[k] > '9') return 0;
+        x = x * 10 + (s[k] - '0');
+    }
+    *v = i ? -x : x;
+    return 1;
 }
 
+/* 0 done, 1 hand back (a list number only Python reads), -1 out of memory */
 static int layout(const buf_t *in, buf_t *dst) {
     layout_t L = {0};
     L.o = dst;
@@ -395,9 +407,8 @@ static int layout(const buf_t *in, buf_t *dst) {
             }
             if (code == 'O') {
                 const char *semi = memchr(t, ';', tn);
-                if (!semi) goto done; /* cleaner.py always writes it */
+                if (!semi || !parse_start(t, (size_t)(semi - t), &L.lists[L.nlists].next)) { ret = 1; goto done; }
                 L.lists[L.nlists].ordered = 1;
-                L.lists[L.nlists].next = parse_ll(t, (size_t)(semi - t));
                 tn -= (size_t)(semi + 1 - t), t = semi + 1;
             } else L.lists[L.nlists].ordered = 0, L.lists[L.nlists].next = 1;
             L.nlists++;
@@ -488,6 +499,9 @@ static int ol_start(node_t *node, long long *start) {
         if (v[k] < '0' || v[k] > '9') return 1;
         if (x <= 1000000000LL) x = x * 10 + (v[k] - '0');
     }
+    /* Python's int() refuses more than sys.get_int_max_str_digits() digits (4300 by default, leading zeros
+     * included; 640 at the least): a long run is Python's to read. */
+    if (j - i > 18) return 0;
     if (x > 1000000000LL) x = 1000000000LL;
     *start = neg ? -x : x;
     return 1;
@@ -580,7 +594,8 @@ static PyObject *finish(int ascii_mode, long *changed) {
     int normalized = normalize(&marked, &normed, ascii_mode, changed);
     if (normalized < 0) return NULL;
     if (normalized == 0) return Py_NewRef(Py_None);
-    if (collapse(&normed, &squashed) || layout(&squashed, &out)) return PyErr_NoMemory();
+    int laid_out = collapse(&normed, &squashed) ? -1 : layout(&squashed, &out);
+    if (laid_out) return laid_out < 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
     size_t a = 0, b = out.n;
     while (a < b && py_space((unsigned char)out.p[a])) a++;
     while (b > a && py_space((unsigned char)out.p[b - 1])) b--;
@@ -606,6 +621,7 @@ static PyObject *fc_lay_out(PyObject *self, PyObject *args) {
         PyObject *laid_out = finish(ascii_mode, &changed);
         result = laid_out && laid_out != Py_None ? Py_BuildValue("(Nl)", laid_out, changed) : laid_out;
     } else PyErr_NoMemory();
+    trim_buffers();
     busy = 0;
     return result;
 }
@@ -650,6 +666,7 @@ static PyObject *fc_clean(PyObject *self, PyObject *args) {
     if (text && text != Py_None) result = Py_BuildValue("(NOll)", text, has_pre ? Py_True : Py_False, images, changed);
     else result = text;
 done:
+    trim_buffers();
     busy = 0;
     return result;
 }
