@@ -72,7 +72,7 @@ from cv_pipeline.sources.models import RawQuestion, pick_top_answer
 
 # Bump on any change that alters output text or counts: Dagster then marks cleaned pairs stale.
 # 5: a block inside <pre> or <caption> is laid out as the general pass (the definition) does; the runs pass
-# had joined it to its neighbours. None of the benchmark's 80,000 bodies or the real samples has one.
+# had joined it to its neighbours. No text of the benchmark's 80,000 bodies or of the real samples changes.
 CLEANER_VERSION = "5"
 
 DropReason = Literal["code_block", "empty", "too_short"]
