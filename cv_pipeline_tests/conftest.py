@@ -23,6 +23,29 @@ def realdata() -> Path:
     return REALDATA
 
 
+def real_bodies(realdata: Path) -> list[str]:
+    """Every real post body: the bodies/ and cv/ files, then the dump samples' Body fields."""
+    from xml.etree import ElementTree
+
+    bodies = [path.read_text(encoding="utf-8") for path in sorted((realdata / "bodies").glob("*.html"))]
+    bodies += [path.read_text(encoding="utf-8") for path in sorted((realdata / "cv").glob("*.html"))]
+    for dump in sorted(realdata.glob("posts_sample_*.xml")):
+        bodies += [row.get("Body") or "" for row in ElementTree.parse(dump).getroot().iter("row")]
+    return bodies
+
+
+def sample_bodies(n_questions: int, seed: int) -> list[str]:
+    """Every question and answer body of a generated sample-site corpus."""
+    from cv_pipeline.sources.sample_site.corpus import SampleCorpus
+
+    corpus = SampleCorpus(n_questions=n_questions, seed=seed)
+    bodies: list[str] = []
+    for rank in range(len(corpus)):
+        item = corpus.question(rank)
+        bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
+    return bodies
+
+
 @pytest.fixture(autouse=True)
 def keep_sigterm_disposition():
     """Undo what Dagster's in-process execution does to SIGTERM, after every test.

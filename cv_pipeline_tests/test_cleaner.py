@@ -7,7 +7,6 @@ import json
 import re
 import time
 import unicodedata
-from xml.etree import ElementTree
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from cv_pipeline.curation.cleaner import (
     normalize_chars,
 )
 from cv_pipeline.sources.models import RawAnswer, RawQuestion
+from cv_pipeline_tests.conftest import real_bodies, sample_bodies
 
 GOLDEN = Path(__file__).parent / "golden"
 UNICODE = CleaningConfig(normalization="unicode")
@@ -672,16 +672,7 @@ def _runs_pass_lays_out(html: str) -> bool:
 
 
 def test_runs_pass_matches_general_pass_on_bodies(realdata: Path) -> None:
-    from cv_pipeline.sources.sample_site.corpus import SampleCorpus
-
-    corpus = SampleCorpus(n_questions=600, seed=3)
-    bodies = [path.read_text(encoding="utf-8") for path in sorted((realdata / "bodies").glob("*.html"))]
-    bodies += [path.read_text(encoding="utf-8") for path in sorted((realdata / "cv").glob("*.html"))]
-    for dump in sorted(realdata.glob("posts_sample_*.xml")):
-        bodies += [row.get("Body") or "" for row in ElementTree.parse(dump).getroot().iter("row")]
-    for rank in range(len(corpus)):
-        item = corpus.question(rank)
-        bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
+    bodies = real_bodies(realdata) + sample_bodies(600, seed=3)
     taken = [body for body in bodies if _runs_pass_lays_out(body)]
     assert len(taken) > 0.8 * len(bodies), "the runs pass should take most bodies, or this test checks little"
     assert any("<li>" in body for body in taken) and any("<pre" in body for body in taken)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from xml.etree import ElementTree
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cv_pipeline.curation import cleaner
 from cv_pipeline.curation.cleaner import CleaningConfig, html_to_text
-from cv_pipeline.sources.sample_site.corpus import SampleCorpus
+from cv_pipeline_tests.conftest import real_bodies, sample_bodies
 from cv_pipeline_tests.test_cleaner import _RUNS_SOUP, _TAG_SOUP, HOSTILE
 
 ASCII, UNICODE = CleaningConfig(), CleaningConfig(normalization="unicode")
@@ -54,28 +52,16 @@ def test_accelerator_is_used(fast) -> None:
     assert fast.clean("<p>a <b>b</b></p><ul><li>c</li></ul>", True) == ("a b\n\n- c", False, 0, 0)
 
 
-def _sample_bodies(n_questions: int, seed: int) -> list[str]:
-    corpus = SampleCorpus(n_questions=n_questions, seed=seed)
-    bodies: list[str] = []
-    for rank in range(len(corpus)):
-        item = corpus.question(rank)
-        bodies += [item["body"], *(a["body"] for a in item.get("answers") or [])]
-    return bodies
-
-
 @pytest.mark.parametrize("config", [ASCII, UNICODE], ids=["ascii", "unicode"])
 def test_same_as_python_on_sample_site_bodies(fast, config: CleaningConfig) -> None:
-    bodies = _sample_bodies(700, seed=5)  # > 256 bodies: the accelerator's document is renewed on the way
+    bodies = sample_bodies(700, seed=5)  # > 256 bodies: the accelerator's document is renewed on the way
     taken = sum(_same(fast, body, config) for body in bodies)
     assert taken > 0.95 * len(bodies), f"the accelerator took only {taken} of {len(bodies)} bodies"
 
 
 @pytest.mark.parametrize("config", [ASCII, UNICODE], ids=["ascii", "unicode"])
 def test_same_as_python_on_real_bodies(fast, realdata: Path, config: CleaningConfig) -> None:
-    bodies = [p.read_text(encoding="utf-8") for p in sorted((realdata / "bodies").glob("*.html"))]
-    bodies += [p.read_text(encoding="utf-8") for p in sorted((realdata / "cv").glob("*.html"))]
-    for dump in sorted(realdata.glob("posts_sample_*.xml")):
-        bodies += [row.get("Body") or "" for row in ElementTree.parse(dump).getroot().iter("row")]
+    bodies = real_bodies(realdata)
     taken = sum(_same(fast, body, config) for body in bodies)
     assert taken > 0.8 * len(bodies), f"the accelerator took only {taken} of {len(bodies)} real bodies"
 
@@ -150,7 +136,7 @@ def test_ascii_mode_hands_back_characters_that_need_nfc(fast) -> None:
 
 def test_lay_out_matches_python_on_marked_text(fast) -> None:
     """lay_out (what the benchmark offers BeautifulSoup's cleaner) on _mark's output."""
-    for html in [*TAKEN, *_sample_bodies(60, seed=9)]:
+    for html in [*TAKEN, *sample_bodies(60, seed=9)]:
         root = cleaner._parse_into_container(html.replace("\x00", ""))
         marked = cleaner._mark(root, cleaner._Converted(""), "notice" in html, "$$" in html)
         for mode in ("ascii", "unicode"):
@@ -190,7 +176,7 @@ def test_large_body_and_many_documents(fast) -> None:
 
 
 def test_threads_get_the_same_text(fast) -> None:
-    bodies = _sample_bodies(150, seed=11) + TAKEN * 4
+    bodies = sample_bodies(150, seed=11) + TAKEN * 4
     expected = [html_to_text(b) for b in bodies]
     results: dict[int, list[str]] = {}
 

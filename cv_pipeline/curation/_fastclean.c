@@ -43,13 +43,13 @@ static const lxb_char_t *(*lx_attr)(void *, const lxb_char_t *, size_t, size_t *
 /* Node kinds (DOM numbering, as Lexbor's enum) */
 enum { T_ELEMENT = 1, T_TEXT = 3, T_COMMENT = 8 };
 
-/* What an element does (cleaner._AROUND and friends); ids without a role are inline. */
-enum {
-    R_INLINE = 0, R_BLOCK, R_QUOTE, R_LI, R_BR, R_UL, R_OL, R_CELL, R_ROW, R_TABLE, R_PRE,
-    R_DROP, R_IMG, R_CODE, R_LAST
-};
-#define ROLE_IDS 1024
-static unsigned char roles[ROLE_IDS];
+/* Per tag id: the markers cleaner._AROUND writes before and after the element, and what else it takes
+ * (K_*); ids without an entry are inline elements (no markers, nothing else). */
+enum { K_PLAIN = 0, K_QUOTE, K_OL, K_DROP, K_IMG, K_CODE, K_LAST };
+#define TAG_IDS 1024
+#define MARKER_MAX 7
+typedef struct { char before[MARKER_MAX], after[MARKER_MAX]; unsigned char blen, alen, kind; } tag_t;
+static tag_t tags[TAG_IDS];
 static int ready = 0;
 
 /* One document, reused: each body is parsed as the inner HTML of its <div>. */
@@ -450,9 +450,11 @@ done:
 /* ---------------------------------------------------------------------------------------------- */
 /* The tree walk: cleaner._mark's markers and text, in document order */
 
-static inline int role_of(node_t *node) {
+static const tag_t inline_tag = {{0}, {0}, 0, 0, K_PLAIN};
+
+static inline const tag_t *tag_of(node_t *node) {
     lxb_tag_id_t id = lx_tag(node);
-    return id < ROLE_IDS ? roles[id] : R_INLINE;
+    return id < TAG_IDS ? &tags[id] : &inline_tag;
 }
 
 /* Around a <code> holding "$" in a body with "$$": "\0c", so that no $$...$$ span starts or ends in code. */
@@ -522,29 +524,23 @@ static int walk(node_t *root, int dollars, long *images) {
                 if (err) return -1;
             }
         } else if (type == T_ELEMENT) {
-            int role = role_of(node), err = 0;
-            switch (role) {
-            case R_DROP: return 0;
-            case R_QUOTE: if (maybe_duplicate_notice(node)) return 0; /* fall through */
-            case R_BLOCK: err = put(&marked, "\0P", 2); break;
-            case R_LI: err = put(&marked, "\0I", 2); break;
-            case R_UL: err = put(&marked, "\0U", 2); break;
-            case R_OL: {
+            const tag_t *tag = tag_of(node);
+            int err = 0;
+            switch (tag->kind) {
+            case K_DROP: return 0;
+            case K_QUOTE: if (maybe_duplicate_notice(node)) return 0; break;
+            case K_OL: { /* its opening marker carries the start number */
                 long long start;
                 if (!ol_start(node, &start)) return 0;
                 int k = snprintf(num, sizeof num, "%lld;", start);
                 err = put(&marked, "\0O", 2) || put(&marked, num, (size_t)k);
                 break;
             }
-            case R_CELL: err = put(&marked, "\0C", 2); break;
-            case R_ROW: err = put(&marked, "\0R", 2); break;
-            case R_TABLE: err = put(&marked, "\0T", 2); break;
-            case R_PRE: err = put(&marked, "\0X", 2); break;
-            case R_IMG: ++*images; break;
-            case R_CODE: err = code_marker(node, dollars); break;
+            case K_IMG: ++*images; break;
+            case K_CODE: err = code_marker(node, dollars); break;
             default: break;
             }
-            if (err) return -1;
+            if (err || put(&marked, tag->before, tag->blen)) return -1;
             descend = 1;
         } else if (type != T_COMMENT) return 0; /* CDATA, processing instructions: hand back */
         node_t *child = descend ? lx_first(node) : NULL;
@@ -552,18 +548,9 @@ static int walk(node_t *root, int dollars, long *images) {
         /* leave this node and every ancestor whose last child it is */
         for (;;) {
             if (lx_type(node) == T_ELEMENT) {
-                int err = 0;
-                switch (role_of(node)) {
-                case R_QUOTE: case R_BLOCK: err = put(&marked, "\0P", 2); break;
-                case R_LI: err = put(&marked, "\0i", 2); break;
-                case R_BR: err = put(&marked, "\0B", 2); break;
-                case R_UL: case R_OL: err = put(&marked, "\0E", 2); break;
-                case R_TABLE: err = put(&marked, "\0t", 2); break;
-                case R_PRE: err = put(&marked, "\0x", 2); break;
-                case R_CODE: err = code_marker(node, dollars); break;
-                default: break;
-                }
-                if (err) return -1;
+                const tag_t *tag = tag_of(node);
+                if (put(&marked, tag->after, tag->alen) || (tag->kind == K_CODE && code_marker(node, dollars)))
+                    return -1;
             }
             node_t *next = lx_next(node);
             if (next) { node = next; break; }
@@ -671,11 +658,13 @@ done:
     return result;
 }
 
-/* setup(lexbor_module_path, roles: dict[int, int], char_rule) -> None; raises if Lexbor is not usable */
+/* setup(lexbor_module_path, markers: dict[int, (bytes, bytes)], kinds: dict[int, int], char_rule) -> None;
+ * raises if Lexbor is not usable */
 static PyObject *fc_setup(PyObject *self, PyObject *args) {
     const char *path;
-    PyObject *role_map, *rule;
-    if (!PyArg_ParseTuple(args, "sO!O", &path, &PyDict_Type, &role_map, &rule)) return NULL;
+    PyObject *marker_map, *kind_map, *rule;
+    if (!PyArg_ParseTuple(args, "sO!O!O", &path, &PyDict_Type, &marker_map, &PyDict_Type, &kind_map, &rule))
+        return NULL;
     void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (!h) h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) return PyErr_Format(PyExc_ImportError, "cannot open %s: %s", path, dlerror());
@@ -696,15 +685,26 @@ static PyObject *fc_setup(PyObject *self, PyObject *args) {
     SYM(lx_free_text, "lxb_dom_document_destroy_text_noi")
     SYM(lx_attr, "lxb_dom_element_get_attribute")
 #undef SYM
-    memset(roles, R_INLINE, sizeof roles);
+    memset(tags, 0, sizeof tags);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    while (PyDict_Next(role_map, &pos, &key, &value)) {
-        long id = PyLong_AsLong(key), role = PyLong_AsLong(value);
+    while (PyDict_Next(marker_map, &pos, &key, &value)) {
+        long id = PyLong_AsLong(key);
+        const char *before, *after;
+        Py_ssize_t blen, alen;
+        if (PyErr_Occurred() || !PyArg_ParseTuple(value, "y#y#", &before, &blen, &after, &alen)) return NULL;
+        if (id < 0 || id >= TAG_IDS || blen > MARKER_MAX || alen > MARKER_MAX)
+            return PyErr_Format(PyExc_ValueError, "tag id %ld out of range, or a marker too long", id);
+        memcpy(tags[id].before, before, (size_t)blen), tags[id].blen = (unsigned char)blen;
+        memcpy(tags[id].after, after, (size_t)alen), tags[id].alen = (unsigned char)alen;
+    }
+    pos = 0;
+    while (PyDict_Next(kind_map, &pos, &key, &value)) {
+        long id = PyLong_AsLong(key), kind = PyLong_AsLong(value);
         if (PyErr_Occurred()) return NULL;
-        if (id < 0 || id >= ROLE_IDS || role < 0 || role >= R_LAST)
-            return PyErr_Format(PyExc_ValueError, "tag id %ld or role %ld out of range", id, role);
-        roles[id] = (unsigned char)role;
+        if (id < 0 || id >= TAG_IDS || kind < 0 || kind >= K_LAST)
+            return PyErr_Format(PyExc_ValueError, "tag id %ld or kind %ld out of range", id, kind);
+        tags[id].kind = (unsigned char)kind;
     }
     Py_XSETREF(char_rule, Py_NewRef(rule));
     if (fresh_document()) return PyErr_Format(PyExc_ImportError, "lexbor: cannot create a document");
@@ -713,7 +713,8 @@ static PyObject *fc_setup(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"setup", fc_setup, METH_VARARGS, "setup(lexbor_module_path, roles, char_rule): find Lexbor, learn the tag roles."},
+    {"setup", fc_setup, METH_VARARGS,
+     "setup(lexbor_module_path, markers, kinds, char_rule): find Lexbor, learn each tag's markers and kind."},
     {"clean", fc_clean, METH_VARARGS,
      "clean(html, ascii) -> (text, has_pre, images_dropped, chars_normalized), or None to hand the body back."},
     {"lay_out", fc_lay_out, METH_VARARGS,
@@ -726,19 +727,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastclean", NULL, -
 PyMODINIT_FUNC PyInit__fastclean(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    PyModule_AddIntConstant(m, "INLINE", R_INLINE);
-    PyModule_AddIntConstant(m, "BLOCK", R_BLOCK);
-    PyModule_AddIntConstant(m, "QUOTE", R_QUOTE);
-    PyModule_AddIntConstant(m, "LI", R_LI);
-    PyModule_AddIntConstant(m, "BR", R_BR);
-    PyModule_AddIntConstant(m, "UL", R_UL);
-    PyModule_AddIntConstant(m, "OL", R_OL);
-    PyModule_AddIntConstant(m, "CELL", R_CELL);
-    PyModule_AddIntConstant(m, "ROW", R_ROW);
-    PyModule_AddIntConstant(m, "TABLE", R_TABLE);
-    PyModule_AddIntConstant(m, "PRE", R_PRE);
-    PyModule_AddIntConstant(m, "DROP", R_DROP);
-    PyModule_AddIntConstant(m, "IMG", R_IMG);
-    PyModule_AddIntConstant(m, "CODE", R_CODE);
+    PyModule_AddIntConstant(m, "QUOTE", K_QUOTE);
+    PyModule_AddIntConstant(m, "OL", K_OL);
+    PyModule_AddIntConstant(m, "DROP", K_DROP);
+    PyModule_AddIntConstant(m, "IMG", K_IMG);
+    PyModule_AddIntConstant(m, "CODE", K_CODE);
     return m;
 }

@@ -55,6 +55,7 @@ Decisions that the rules leave open, documented here and in the tests:
 from __future__ import annotations
 
 import codecs
+import functools
 import html as _html
 import os
 import re
@@ -466,6 +467,7 @@ _RUN_MARKERS: dict[str, tuple[str, str]] = {
 _NOT_IN_RUNS = frozenset(_AROUND).difference(_BLOCK_TAGS, _RUN_MARKERS, ("br", "li", "pre", "listing")) | _DROP_TAGS
 
 
+@functools.cache
 def _tag_id(tag: str) -> int:
     """Lexbor's id for a standard tag name (a constant of its tag table), read off a parse."""
     for context in ("{}", "<table>{}</table>", "<table><tr>{}</tr></table>"):  # cells only exist in rows
@@ -548,11 +550,8 @@ def _runs_text(root: LexborNode, html: str = "") -> tuple[str, int, bool, bool] 
         return None
     # A block, item or line break inside a <pre> or <caption>: its runs cannot show where it starts and ends
     # (an empty or blank block gives no run at all), which _layout's text depends on.
-    if pres or marked:
-        if any(_holds_breaks(node) for node in pres) or any(
-            _holds_breaks(node) for node in marked if node.tag_id == _CAPTION_ID
-        ):
-            return None
+    if any(map(_holds_breaks, pres)) or any(_holds_breaks(n) for n in marked if n.tag_id == _CAPTION_ID):
+        return None
     # Document order: an element is unwrapped before its descendants, and only empty elements
     # (which have none) are deleted, so every node here is still alive when reached.
     for node in inline:
@@ -1153,15 +1152,13 @@ def _load_accelerator():  # noqa: ANN202 (a module or None)
     except ImportError:
         return None
     fc = _fastclean
-    roles = {
-        **dict.fromkeys(_BLOCK_IDS, fc.BLOCK), _BLOCKQUOTE_ID: fc.QUOTE, _LI_ID: fc.LI, _BR_ID: fc.BR,
-        **{_tag_id(t): fc.UL for t in ("ul", "menu", "dir")}, _tag_id("ol"): fc.OL,
-        **{_tag_id(t): fc.CELL for t in ("td", "th")}, **{_tag_id(t): fc.ROW for t in ("tr", "caption")},
-        _tag_id("table"): fc.TABLE, **dict.fromkeys(_PRE_IDS, fc.PRE),
-        **{_tag_id(t): fc.DROP for t in _DROP_TAGS}, _IMG_ID: fc.IMG, _CODE_ID: fc.CODE,
+    markers = {_tag_id(tag): (before.encode(), after.encode()) for tag, (before, after) in _AROUND.items()}
+    kinds = {
+        _BLOCKQUOTE_ID: fc.QUOTE, _tag_id("ol"): fc.OL, _IMG_ID: fc.IMG, _CODE_ID: fc.CODE,
+        **{_tag_id(t): fc.DROP for t in _DROP_TAGS},
     }
     try:
-        fc.setup(lexbor_module.__file__, roles, _char_rule)
+        fc.setup(lexbor_module.__file__, markers, kinds, _char_rule)
     except (ImportError, ValueError):
         return None
     # A different selectolax could parse or take text differently from what the C code assumes: it must give
